@@ -1,0 +1,210 @@
+"""Discretisation schedules: validated values, closed-form constructors, resampling.
+
+A schedule is a strictly decreasing float64 sequence of noise levels ``sigma_0 > ... > sigma_{N-1} > 0``
+followed by exactly ``sigma_N = 0``; it has ``N`` steps.  Constructors ``sigmas_<name>(n, ...)`` return
+``n + 1`` values (``n`` steps) in that form.  Which NFE a schedule costs depends on the solver; that
+mapping lives in :mod:`adasched.samplers` (``SOLVERS``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from adasched.errors import AdaschedError, ScheduleError
+
+__all__ = [
+    "Schedule",
+    "validate_sigmas",
+    "sigmas_edm",
+    "sigmas_loglinear",
+    "sigmas_kl_optimal",
+    "sigmas_time_uniform",
+    "resample",
+    "CLOSED_FORM",
+    "SIGMA_MIN",
+    "SIGMA_MAX",
+]
+
+#: EDM's default noise range (Karras et al. 2022).
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+
+
+def validate_sigmas(sigmas: Any) -> torch.Tensor:
+    """Return ``sigmas`` as a float64 CPU tensor after checking the schedule invariants."""
+    try:
+        s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ScheduleError("sigmas must be a list of numbers") from None
+    if s.ndim != 1 or s.numel() < 2:
+        raise ScheduleError(f"sigmas must be a 1-D list of at least 2 values, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise ScheduleError("sigmas must be finite")
+    if s[-1] != 0:
+        raise ScheduleError(f"sigmas must end in exactly 0, got last value {s[-1].item():g}")
+    if (s[:-1] <= 0).any():
+        raise ScheduleError("sigmas before the final 0 must be positive")
+    if not (s[1:] < s[:-1]).all():
+        i = int(torch.nonzero(s[1:] >= s[:-1])[0])
+        raise ScheduleError(
+            f"sigmas must be strictly decreasing, but sigmas[{i}]={s[i].item():g} "
+            f"<= sigmas[{i + 1}]={s[i + 1].item():g}")
+    return s
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A validated schedule with what made it (the design's schedule JSON, as a value).
+
+    ``sigmas`` is float64 and ends in 0; ``nfe`` is the true number of denoiser evaluations per
+    sample that ``solver`` spends on it.
+    """
+
+    sigmas: torch.Tensor
+    method: str
+    solver: str
+    nfe: int
+    params: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigmas", validate_sigmas(self.sigmas))
+        if not isinstance(self.nfe, int) or isinstance(self.nfe, bool) or self.nfe < 1:
+            raise ScheduleError(f"nfe must be a positive integer, got {self.nfe!r}")
+
+    @property
+    def steps(self) -> int:
+        return self.sigmas.numel() - 1
+
+    def to_json(self) -> dict:
+        return {
+            "sigmas": [float(v) for v in self.sigmas.tolist()],
+            "method": self.method,
+            "solver": self.solver,
+            "nfe": self.nfe,
+            "params": self.params,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "schedule") -> "Schedule":
+        if not isinstance(obj, dict):
+            raise ScheduleError(f"{source}: expected a JSON object with a 'sigmas' list")
+        missing = [k for k in ("sigmas", "method", "solver", "nfe") if k not in obj]
+        if missing:
+            raise ScheduleError(f"{source}: missing key(s) {', '.join(missing)}")
+        try:
+            return cls(sigmas=obj["sigmas"], method=str(obj["method"]), solver=str(obj["solver"]),
+                       nfe=obj["nfe"], params=dict(obj.get("params", {})),
+                       provenance=dict(obj.get("provenance", {})))
+        except ScheduleError as e:
+            raise ScheduleError(f"{source}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        from adasched.io import write_json
+
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Schedule":
+        from adasched.io import read_json
+
+        return cls.from_json(read_json(path, "schedule file"), source=str(path))
+
+
+def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ScheduleError(f"number of steps must be a positive integer, got {n!r}")
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ScheduleError(f"need 0 < sigma_min < sigma_max, got {sigma_min:g} and {sigma_max:g}")
+
+
+def _with_zero(s: torch.Tensor) -> torch.Tensor:
+    return torch.cat([s.to(torch.float64), s.new_zeros(1, dtype=torch.float64)])
+
+
+def _ramp(n: int) -> torch.Tensor:
+    """``n`` points from 0 to 1 (a single point is 0: a one-step schedule starts at sigma_max)."""
+    return torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+def sigmas_edm(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+               rho: float = 7.0) -> torch.Tensor:
+    """EDM's polynomial schedule (Karras et al. 2022, Eq. 5; the score-optimal paper's Eq. 22).
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``, plus 0.
+    """
+    _check_range(n, sigma_min, sigma_max)
+    if not rho > 0:
+        raise ScheduleError(f"rho must be positive, got {rho:g}")
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return _with_zero((a + _ramp(n) * (b - a)) ** rho)
+
+
+def sigmas_loglinear(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+    """Uniform in log sigma, i.e. uniform in logSNR (Lu et al. 2022), plus 0."""
+    _check_range(n, sigma_min, sigma_max)
+    return _with_zero(torch.exp(math.log(sigma_max) + _ramp(n) * (math.log(sigma_min) - math.log(sigma_max))))
+
+
+def sigmas_kl_optimal(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+    """KL-optimal schedule for Euler/DDIM on unit-variance Gaussian data (Sabour et al. 2024, App. A.1).
+
+    ``arctan(sigma_i)`` is linear in ``i``, plus 0.
+    """
+    _check_range(n, sigma_min, sigma_max)
+    a, b = math.atan(sigma_max), math.atan(sigma_min)
+    return _with_zero(torch.tan(a + _ramp(n) * (b - a)))
+
+
+def sigmas_time_uniform(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+                        beta_min: float = 0.1, beta_d: float = 19.9) -> torch.Tensor:
+    """Uniform in the time of the linear-beta VP process (Song et al. 2021), mapped to sigma, plus 0."""
+    from adasched.denoisers import VPLinearBeta
+
+    _check_range(n, sigma_min, sigma_max)
+    vp = VPLinearBeta(beta_min, beta_d)
+    lo, hi = vp.t(torch.tensor(sigma_min, dtype=torch.float64)), vp.t(torch.tensor(sigma_max, dtype=torch.float64))
+    s = vp.sigma(hi + _ramp(n) * (lo - hi))
+    s[0], s[-1] = sigma_max, (sigma_min if n > 1 else sigma_max)
+    return _with_zero(s)
+
+
+#: The closed-form schedules, by method name (as used in schedule files and on the command line).
+CLOSED_FORM: dict[str, Callable[..., torch.Tensor]] = {
+    "edm": sigmas_edm,
+    "loglinear": sigmas_loglinear,
+    "kl-optimal": sigmas_kl_optimal,
+    "time-uniform": sigmas_time_uniform,
+}
+
+
+def resample(sigmas: Any, n: int) -> torch.Tensor:
+    """Read a schedule out at ``n`` steps, keeping its endpoints and its shape.
+
+    The positive part is treated as a monotone function of the normalised step index ``u in [0, 1]``,
+    interpolated in log sigma with a monotone cubic (PCHIP, Fritsch & Carlson 1980); ``n + 1`` values
+    ending in 0 are returned.  Resampling to the original step count returns the input.
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    s = validate_sigmas(sigmas)[:-1].numpy()
+    if not isinstance(n, int) or n < 1:
+        raise ScheduleError(f"number of steps must be a positive integer, got {n!r}")
+    if s.size == 1:
+        if n != 1:
+            raise AdaschedError("cannot resample a one-step schedule: it has no shape to keep")
+        return validate_sigmas(sigmas)
+    u = np.linspace(0, 1, s.size)
+    f = PchipInterpolator(u, np.log(s))
+    out = np.exp(f(np.linspace(0, 1, n))) if n > 1 else s[:1]
+    out[0] = s[0]
+    if n > 1:
+        out[-1] = s[-1]
+    return validate_sigmas(np.append(out, 0.0))
