@@ -38,6 +38,7 @@ __all__ = [
     "nfe_for_steps",
     "steps_for_nfe",
     "latents",
+    "generate",
 ]
 
 
@@ -297,3 +298,44 @@ def steps_for_nfe(solver: str, nfe: int, **options) -> int:
     raise SolverError(
         f"solver {solver!r} cannot spend exactly {nfe} evaluations (NFE = {spec.nfe_formula}); "
         f"nearby reachable NFE: {', '.join(map(str, nearby))}")
+
+
+def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
+             device="cpu", dtype=torch.float64, progress: Callable[[int], None] | None = None, **options):
+    """Draw one sample per seed with common random numbers; return samples, latents and the counted NFE.
+
+    Sample ``i`` uses one CPU generator seeded ``seeds[i]``: first its unit-variance latent (float32,
+    so the start point is ``latents * sigmas[0]``), then any noise a stochastic solver needs.  Results
+    therefore do not depend on ``batch`` or ``device``.  ``progress(n_done)`` is called after each batch.
+
+    Returns a dict with ``samples`` and ``latents`` (float32 CPU, ``[len(seeds), *shape]``), ``nfe``
+    (evaluations per sample, counted) and ``seeds``.
+    """
+    from adasched.denoisers import CountingDenoiser
+
+    spec = get_solver(solver)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise SolverError(f"solver {solver!r} takes no option(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(spec.options) or 'none'}")
+    if batch < 1:
+        raise SolverError(f"batch must be a positive integer, got {batch!r}")
+    s = validate_sigmas(sigmas)
+    counting = CountingDenoiser(denoise)
+    samples, lat = [], []
+    seeds = [int(v) for v in seeds]
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start:start + batch]
+        gen = PerSampleGenerator(chunk)
+        z = gen.randn(shape)
+        x = z.to(device=device, dtype=dtype) * s[0].to(dtype)
+        out = spec.fn(counting, x, s, generator=gen if spec.stochastic else None, **options)
+        samples.append(out.detach().to("cpu", torch.float32))
+        lat.append(z)
+        if progress is not None:
+            progress(start + len(chunk))
+    nfe = counting.evaluations // max(1, len(seeds))
+    expected = spec.nfe(len(s) - 1, **options)
+    assert not seeds or nfe == expected, f"{solver}: counted NFE {nfe} != formula {expected}"
+    return {"samples": torch.cat(samples) if samples else torch.empty(0, *shape),
+            "latents": torch.cat(lat) if lat else torch.empty(0, *shape), "nfe": expected, "seeds": seeds}

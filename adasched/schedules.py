@@ -125,8 +125,13 @@ def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
         raise ScheduleError(f"need 0 < sigma_min < sigma_max, got {sigma_min:g} and {sigma_max:g}")
 
 
-def _with_zero(s: torch.Tensor) -> torch.Tensor:
-    return torch.cat([s.to(torch.float64), s.new_zeros(1, dtype=torch.float64)])
+def _with_zero(s: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Pin the endpoints exactly (rounding in the formulas moves them by an ulp or so) and append 0."""
+    s = s.to(torch.float64).clone()
+    s[0] = sigma_max
+    if s.numel() > 1:
+        s[-1] = sigma_min
+    return torch.cat([s, s.new_zeros(1)])
 
 
 def _ramp(n: int) -> torch.Tensor:
@@ -144,13 +149,14 @@ def sigmas_edm(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MA
     if not rho > 0:
         raise ScheduleError(f"rho must be positive, got {rho:g}")
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return _with_zero((a + _ramp(n) * (b - a)) ** rho)
+    return _with_zero((a + _ramp(n) * (b - a)) ** rho, sigma_min, sigma_max)
 
 
 def sigmas_loglinear(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
     """Uniform in log sigma, i.e. uniform in logSNR (Lu et al. 2022), plus 0."""
     _check_range(n, sigma_min, sigma_max)
-    return _with_zero(torch.exp(math.log(sigma_max) + _ramp(n) * (math.log(sigma_min) - math.log(sigma_max))))
+    return _with_zero(torch.exp(math.log(sigma_max) + _ramp(n) * (math.log(sigma_min) - math.log(sigma_max))),
+                      sigma_min, sigma_max)
 
 
 def sigmas_kl_optimal(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
@@ -160,7 +166,7 @@ def sigmas_kl_optimal(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
     """
     _check_range(n, sigma_min, sigma_max)
     a, b = math.atan(sigma_max), math.atan(sigma_min)
-    return _with_zero(torch.tan(a + _ramp(n) * (b - a)))
+    return _with_zero(torch.tan(a + _ramp(n) * (b - a)), sigma_min, sigma_max)
 
 
 def sigmas_time_uniform(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
@@ -171,9 +177,7 @@ def sigmas_time_uniform(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float =
     _check_range(n, sigma_min, sigma_max)
     vp = VPLinearBeta(beta_min, beta_d)
     lo, hi = vp.t(torch.tensor(sigma_min, dtype=torch.float64)), vp.t(torch.tensor(sigma_max, dtype=torch.float64))
-    s = vp.sigma(hi + _ramp(n) * (lo - hi))
-    s[0], s[-1] = sigma_max, (sigma_min if n > 1 else sigma_max)
-    return _with_zero(s)
+    return _with_zero(vp.sigma(hi + _ramp(n) * (lo - hi)), sigma_min, sigma_max)
 
 
 #: The closed-form schedules, by method name (as used in schedule files and on the command line).

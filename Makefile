@@ -1,0 +1,23 @@
+# One command to set up and run the tests (`make test`), one for the main job (`make demo`).
+# Everything installs into ./.venv with pip: pip sees this machine's local wheels, uv and poetry do not.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/python -m adasched.demo --out results/demo
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

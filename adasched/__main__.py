@@ -1,0 +1,5 @@
+import sys
+
+from adasched.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Schedules fitted to a solver's actual sampling error (beyond the paper).
+
+The score-optimal schedules of the paper equalise the corrector's work (:mod:`adasched.optimize`); they
+ignore which solver runs.  Here the positive noise levels of an ``N``-step schedule are fitted, by
+gradient descent through the sampler itself (samplers are plain differentiable functions), to minimise
+the mean squared distance between the solver's output and a target output from the same latents:
+
+* :func:`oracle_schedule` -- targets are the *exact* probability-flow ODE solutions of the very latents
+  the schedule is evaluated on (analytic targets only).  It is the limit against which every other
+  schedule is measured, not a method one can use.
+* :func:`solver_aware_schedule` -- targets are a high-NFE reference solve by the *model itself* on
+  latents drawn from separate probe seeds, started from a given schedule (the score-optimal one).  It
+  needs only the denoiser, so it applies to any model, and it is evaluated on seeds it never saw.
+
+``sigma_0 = sigma_max`` stays fixed; the last positive level -- where the solver stops before the final
+jump to 0 -- is free, bounded below by ``sigma_floor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from adasched.errors import AdaschedError
+from adasched.samplers import PerSampleGenerator, get_solver, latents
+from adasched.schedules import sigmas_edm, validate_sigmas
+
+__all__ = ["fit_schedule", "oracle_schedule", "solver_aware_schedule", "reference_solution"]
+
+log = logging.getLogger(__name__)
+
+
+def _from_params(theta: torch.Tensor, sigma_max: float, floor: float) -> torch.Tensor:
+    """Strictly decreasing positive sigmas from ``sigma_max`` (always above ``floor``), then 0."""
+    gaps = torch.nn.functional.softplus(theta)
+    log_s = math.log(sigma_max) - torch.cumsum(gaps, 0)
+    # Soft lower bound: sigma = floor + (exp(log_s)), so no level can reach the floor.
+    s = torch.cat([theta.new_tensor([sigma_max]), floor + torch.exp(log_s)])
+    return torch.cat([s, s.new_zeros(1)])
+
+
+def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, target: torch.Tensor, *,
+             iterations: int = 300, lr: float = 0.05, sigma_floor: float = 1e-4,
+             generator_seeds: Sequence[int] | None = None, **solver_options) -> torch.Tensor:
+    """Minimise ``mean ||solve(x_start) - target||^2`` over the positive levels of ``init_sigmas``.
+
+    ``x_start`` are the start points at ``init_sigmas[0]`` (``latents * sigma_max``), ``target`` the
+    outputs to match.  Adam on the log-gaps, cosine learning-rate decay; the best iterate is returned.
+    Stochastic solvers use per-sample generators re-seeded every iteration from ``generator_seeds``.
+    """
+    spec = get_solver(solver)
+    s0 = validate_sigmas(init_sigmas)
+    if s0.numel() < 3:
+        return s0
+    sigma_max = float(s0[0])
+    floor = float(sigma_floor)
+    if not float(s0[-2]) > floor:
+        raise AdaschedError(f"initial schedule's last positive sigma {float(s0[-2]):g} is not above the floor {floor:g}")
+    # Parametrise sigma_i = floor + exp(log_s_i): invert that for the start point.
+    log_s = torch.log(s0[1:-1] - floor)
+    prev = torch.cat([torch.tensor([math.log(sigma_max)], dtype=torch.float64), log_s[:-1]])
+    gaps = (prev - log_s).clamp_min(1e-8)
+    theta = torch.log(torch.expm1(gaps)).clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    x_start = x_start.detach()
+    target = target.detach()
+    best, best_loss = s0, math.inf
+    for it in range(iterations + 1):
+        opt.zero_grad()
+        sigmas = _from_params(theta, sigma_max, floor)
+        gen = PerSampleGenerator(generator_seeds) if spec.stochastic else None
+        out = spec.fn(denoise, x_start, sigmas, generator=gen, **solver_options)
+        loss = (out - target).pow(2).mean()
+        value = loss.detach().item()
+        if value < best_loss and math.isfinite(value):
+            best_loss, best = value, sigmas.detach().clone()
+        if it == iterations:
+            break
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 50 == 0:
+            log.info("fit %s: iteration %d, mse %.4g", solver, it, value)
+    return validate_sigmas(best)
+
+
+def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_min: float = 0.002,
+                       steps: int = 256) -> torch.Tensor:
+    """A high-accuracy probability-flow solve by the model itself: Heun on EDM's rho = 7 schedule."""
+    solver = get_solver("heun")
+    with torch.no_grad():
+        return solver.fn(denoise, x_start, sigmas_edm(steps, sigma_min, sigma_max))
+
+
+def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_sigmas=None, **kw) -> torch.Tensor:
+    """The schedule minimising the exact sampling error on the latents of ``seeds`` (analytic targets).
+
+    ``target`` must provide ``shape`` and ``ode_solution(x, sigma_from, 0)``; the default start is EDM's
+    rho = 7 schedule.  Evaluate it on the same seeds: that is what makes it an oracle.
+    """
+    init = sigmas_edm(steps) if init_sigmas is None else validate_sigmas(init_sigmas)
+    z = latents(seeds, target.shape).double()
+    x = z * init[0]
+    exact = target.ode_solution(x, float(init[0]), 0.0)
+    return fit_schedule(target, solver, init, x, exact, generator_seeds=seeds, **kw)
+
+
+def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
+                          reference: Callable | None = None, **kw) -> torch.Tensor:
+    """Refine ``init_sigmas`` for ``solver`` against the model's own high-NFE solves on ``probe_seeds``.
+
+    ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
+    denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
+    """
+    init = validate_sigmas(init_sigmas)
+    z = latents(probe_seeds, shape).double()
+    x = z * init[0]
+    ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
+    return fit_schedule(denoise, solver, init, x, ref, generator_seeds=probe_seeds, **kw)

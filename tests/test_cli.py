@@ -1,0 +1,155 @@
+"""The command line as users meet it: the interface contract of design.md, and its bad-input behaviour."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from adasched.cli import main
+from adasched.samplers import SOLVERS, generate, nfe_for_steps
+from adasched.schedules import Schedule, sigmas_edm
+from adasched.targets import GaussianMixture
+
+MIXTURE = {"weights": [0.3, 0.7], "means": [[-1.0, 0.0], [1.0, 0.5]], "variances": [[0.01, 0.1], [0.05, 0.02]]}
+
+
+@pytest.fixture
+def mixture(tmp_path):
+    path = tmp_path / "mixture.json"
+    path.write_text(json.dumps(MIXTURE))
+    return path
+
+
+def run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.err
+
+
+@pytest.mark.parametrize("method", ["edm", "loglinear", "kl-optimal", "time-uniform"])
+def test_schedule_writes_contract_json(tmp_path, capsys, method):
+    out = tmp_path / "s.json"
+    rc, err = run(["schedule", "--method", method, "--solver", "heun", "--nfe", 35, "-o", out], capsys)
+    assert rc == 0 and err == ""
+    obj = json.loads(out.read_text())
+    assert set(obj) == {"sigmas", "method", "solver", "nfe", "params", "provenance"}
+    assert obj["method"] == method and obj["solver"] == "heun" and obj["nfe"] == 35
+    assert len(obj["sigmas"]) == 19 and obj["sigmas"][-1] == 0.0
+    assert obj["sigmas"][0] == 80.0 and obj["sigmas"][-2] == pytest.approx(0.002, rel=1e-12)
+    assert "adasched" in obj["provenance"]
+
+
+def test_schedule_steps_and_rho(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    rc, _ = run(["schedule", "--method", "edm", "--rho", 3, "--solver", "dpmpp-2m", "--steps", 10,
+                 "--sigma-min", 0.01, "--sigma-max", 10, "-o", out], capsys)
+    assert rc == 0
+    s = Schedule.load(out)
+    assert s.nfe == 10 and s.params["rho"] == 3
+    torch.testing.assert_close(s.sigmas, sigmas_edm(10, 0.01, 10, rho=3), rtol=1e-15, atol=0)
+
+
+def test_schedule_pc_langevin_nfe_counts_corrector(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    rc, _ = run(["schedule", "--method", "edm", "--solver", "pc-langevin", "--nfe", 13, "--langevin-steps", 2,
+                 "-o", out], capsys)
+    assert rc == 0
+    s = Schedule.load(out)
+    assert s.steps == 5 and s.nfe == 5 + 2 * 4
+    assert s.params["solver_options"] == {"langevin_steps": 2}
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_sample_contract_npz(tmp_path, capsys, mixture, solver):
+    sched, out = tmp_path / "s.json", tmp_path / "x.npz"
+    assert run(["schedule", "--method", "edm", "--solver", solver, "--steps", 6, "-o", sched], capsys)[0] == 0
+    rc, err = run(["sample", "--model", f"gmm:{mixture}", "--schedule", sched, "--solver", solver, "--num", 9,
+                   "--seed-start", 100, "--batch", 4, "-o", out], capsys)
+    assert rc == 0 and err == ""
+    d = np.load(out)
+    assert d["samples"].shape == (9, 2) and d["samples"].dtype == np.float32
+    assert d["latents"].shape == (9, 2) and d["latents"].dtype == np.float32
+    assert d["seeds"].dtype == np.int64 and d["seeds"].tolist() == list(range(100, 109))
+    assert d["sigmas"].dtype == np.float64 and d["sigmas"][-1] == 0
+    assert int(d["nfe"]) == nfe_for_steps(solver, 6)
+    # The start point is latents * sigmas[0], and the result is what the library gives for these seeds.
+    ref = generate(GaussianMixture(**MIXTURE), torch.from_numpy(d["sigmas"]), solver, range(100, 109), (2,),
+                   batch=9)
+    assert np.array_equal(ref["latents"].numpy(), d["latents"])
+    assert np.array_equal(ref["samples"].numpy(), d["samples"])
+
+
+def _bad_input_cases(tmp_path, mixture):
+    good = tmp_path / "good.json"
+    Schedule(sigmas_edm(5), method="edm", solver="euler", nfe=5).save(good)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    increasing = tmp_path / "inc.json"
+    increasing.write_text(json.dumps({"sigmas": [1.0, 2.0, 0.0], "method": "x", "solver": "euler", "nfe": 2}))
+    no_zero = tmp_path / "nozero.json"
+    no_zero.write_text(json.dumps({"sigmas": [2.0, 1.0], "method": "x", "solver": "euler", "nfe": 1}))
+    bad_gmm = tmp_path / "badgmm.json"
+    bad_gmm.write_text(json.dumps({"weights": [0.5, 0.6], "means": [[0], [1]], "variances": [[1], [1]]}))
+    sample = ["sample", "--solver", "euler", "--num", 3]
+    return {
+        "unknown method": (["schedule", "--method", "nope", "--solver", "euler", "--nfe", 5], "edm"),
+        "unknown solver": (["schedule", "--method", "edm", "--solver", "rk45", "--nfe", 5], "heun"),
+        "unreachable nfe": (["schedule", "--method", "edm", "--solver", "heun", "--nfe", 10], "reachable"),
+        "bad rho": (["schedule", "--method", "edm", "--rho", -1, "--solver", "euler", "--nfe", 5], "rho"),
+        "inverted range": (["schedule", "--method", "loglinear", "--sigma-min", 5, "--sigma-max", 1,
+                            "--solver", "euler", "--nfe", 5], "sigma_min"),
+        "zero nfe": (["schedule", "--method", "edm", "--solver", "euler", "--nfe", 0], "positive integer"),
+        "missing schedule": (sample + ["--model", f"gmm:{mixture}", "--schedule", tmp_path / "none.json"], "not found"),
+        "malformed schedule": (sample + ["--model", f"gmm:{mixture}", "--schedule", bad_json], "not valid JSON"),
+        "increasing sigmas": (sample + ["--model", f"gmm:{mixture}", "--schedule", increasing], "strictly decreasing"),
+        "no final zero": (sample + ["--model", f"gmm:{mixture}", "--schedule", no_zero], "end in exactly 0"),
+        "missing model": (sample + ["--model", f"gmm:{tmp_path / 'none.json'}", "--schedule", good], "not found"),
+        "unknown model kind": (sample + ["--model", "foo:bar", "--schedule", good], "kinds: "),
+        "malformed model": (sample + ["--model", f"gmm:{bad_gmm}", "--schedule", good], "sum to 1"),
+        "bad device": (sample + ["--model", f"gmm:{mixture}", "--schedule", good, "--device", "nodevice"], "device"),
+        "bad solver option": (sample + ["--model", f"gmm:{mixture}", "--schedule", good, "--s-churn", 3],
+                              "takes no option"),
+    }
+
+
+CASES = ["unknown method", "unknown solver", "unreachable nfe", "bad rho", "inverted range", "zero nfe",
+         "missing schedule", "malformed schedule", "increasing sigmas", "no final zero", "missing model",
+         "unknown model kind", "malformed model", "bad device", "bad solver option"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_no_output(tmp_path, capsys, mixture, case):
+    argv, needle = _bad_input_cases(tmp_path, mixture)[case]
+    out = tmp_path / "out" / ("o.npz" if argv[0] == "sample" else "o.json")
+    before = set(tmp_path.rglob("*"))
+    try:
+        rc, err = run(argv + ["-o", out], capsys)
+    except SystemExit as e:  # argparse usage errors exit through SystemExit
+        rc, err = e.code, capsys.readouterr().err
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert needle in lines[0] and "Traceback" not in err
+    assert not out.exists()
+    assert {p for p in set(tmp_path.rglob("*")) - before if p.is_file()} == set()
+
+
+def test_console_script_bad_input_has_no_traceback(tmp_path):
+    """The real entry point, as a user runs it: one line, non-zero exit, nothing written."""
+    out = tmp_path / "o.json"
+    proc = subprocess.run([sys.executable, "-m", "adasched", "schedule", "--method", "edm", "--solver", "heun",
+                           "--nfe", "4", "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "cannot spend exactly 4" in proc.stderr and not out.exists()
+
+
+def test_help_has_examples(capsys):
+    for cmd in ("schedule", "sample"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert f"adasched {cmd} --" in capsys.readouterr().out
