@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples along a schedule with a solver",
                        parents=[common], epilog=EXAMPLES["sample"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model SPEC, e.g. gmm:PATH.json or powerlaw:PATH.json")
+    p.add_argument("--model", required=True,
+                   help="model SPEC: gmm:PATH.json, powerlaw:PATH.json, edm:NAME|URL|PATH[#sha256=HEX]")
     p.add_argument("--schedule", required=True, help="schedule JSON (from 'adasched schedule')")
     p.add_argument("--solver", required=True, choices=list(SOLVERS), help="solver")
     p.add_argument("--num", required=True, type=_positive_int, help="number of samples")
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=64, help="samples per denoiser call (default 64)")
     p.add_argument("--device", default="auto", help="torch device, or 'auto': CUDA when available (default)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="sampler state dtype")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a model pickle whose sha256 is not pinned (unpickling runs the file's code)")
     p.add_argument("-o", "--output", required=True, help="samples NPZ to write")
     _add_solver_options(p)
     return parser
@@ -145,7 +148,7 @@ def cmd_sample(args) -> None:
         torch.empty(0, device=device)
     except (RuntimeError, ValueError) as e:
         raise AdaschedError(f"device {args.device!r} is not usable here: {str(e).splitlines()[0]}") from None
-    model = load_model(args.model, device=device)
+    model = load_model(args.model, device=device, trust=args.trust_pickle)
     seeds = list(range(args.seed_start, args.seed_start + args.num))
     with torch.inference_mode():
         out = generate(model, schedule.sigmas, args.solver, seeds, model.shape, batch=args.batch, device=device,

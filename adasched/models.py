@@ -5,6 +5,8 @@
                    (``{"weights": [...], "means": [[...]], "variances": [[...]]}``)
 ``powerlaw:PATH``  an analytic image-shaped Gaussian with a power-law spectrum
                    (``{"shape": [C, H, W], "alpha": 2.0, "scale": 1.0, "mean": 0.0}``)
+``edm:SOURCE``      an EDM network pickle: a registered name, URL or path (:mod:`adasched.edm`;
+                   refused unless its hash is pinned or ``trust=True``)
 =================  ==========================================================================
 
 Every loader returns a denoiser in the project's protocol (:mod:`adasched.denoisers`) with a
@@ -22,6 +24,9 @@ __all__ = ["LOADERS", "load_model", "register"]
 
 #: SPEC kind -> loader taking the argument after ``KIND:`` (and keyword options).
 LOADERS: dict[str, Callable] = {}
+
+#: Kinds whose module registers its loader when imported (kept lazy: they pull in heavy code).
+PLUGINS = {"edm": "adasched.edm"}
 
 
 def register(kind: str):
@@ -50,9 +55,14 @@ def _load_powerlaw(path: str, **_):
 
 def load_model(spec: str, **options):
     """Load the denoiser named by ``spec`` (``KIND:ARGUMENT``)."""
+    import importlib
+
     kind, sep, arg = spec.partition(":")
+    kinds = ", ".join(sorted(set(LOADERS) | set(PLUGINS)))
     if not sep or not arg:
-        raise ModelError(f"model SPEC must look like KIND:ARGUMENT, got {spec!r}; kinds: {', '.join(sorted(LOADERS))}")
+        raise ModelError(f"model SPEC must look like KIND:ARGUMENT, got {spec!r}; kinds: {kinds}")
+    if kind not in LOADERS and kind in PLUGINS:
+        importlib.import_module(PLUGINS[kind])
     if kind not in LOADERS:
-        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; kinds: {', '.join(sorted(LOADERS))}")
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; kinds: {kinds}")
     return LOADERS[kind](arg, **options)

@@ -1,0 +1,419 @@
+"""adasched.edm: EDM pickles through the clean-room persistence shim, and the refusal of untrusted ones.
+
+No EDM code and no real checkpoint are used.  The tests write pickles in the
+``torch_utils.persistence`` format themselves (``_write_edm_pickle``): each object of a class from
+the network source pickles as ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with
+``meta = dict(type="class", version=6, module_src=SRC, class_name=..., state=obj.__dict__)``, the
+layout EDM's pickles have.  The stand-in ``torch_utils``/``dnnlib`` modules the writer needs exist
+only while it writes.
+"""
+
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from adasched import edm, registry
+from adasched.download import lock_entry
+from adasched.edm import EDMDenoiser, load_edm, parse_spec
+from adasched.errors import AdaschedError, DownloadError, ModelError
+
+# A tiny network with EDM's preconditioning (Karras et al. 2022, Table 1), written for this test.
+SRC = '''
+import torch
+from torch_utils import persistence, misc
+
+
+@persistence.persistent_class
+class TinyNet(torch.nn.Module):
+    def __init__(self, channels, label_dim, hidden=8):
+        super().__init__()
+        self.conv_in = torch.nn.Conv2d(channels, hidden, 3, padding=1)
+        self.emb = torch.nn.Linear(1 + label_dim, hidden)
+        self.conv_out = torch.nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x, c_noise, class_labels):
+        emb = c_noise.reshape(-1, 1)
+        if class_labels is not None:
+            emb = torch.cat([emb, class_labels], dim=1)
+        h = torch.nn.functional.silu(self.conv_in(x) + self.emb(emb)[:, :, None, None])
+        return self.conv_out(h)
+
+
+@persistence.persistent_class
+class TinyPrecond(torch.nn.Module):
+    def __init__(self, img_resolution, img_channels, label_dim=0, sigma_data=0.5):
+        super().__init__()
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.sigma_data = sigma_data
+        self.sigma_min = 0
+        self.sigma_max = float("inf")
+        self.model = TinyNet(img_channels, label_dim)
+
+    def forward(self, x, sigma, class_labels=None):
+        x = x.to(torch.float32)
+        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
+        if self.label_dim == 0:
+            class_labels = None
+        elif class_labels is None:
+            class_labels = misc.const_like(x, 0, shape=[1, self.label_dim])
+        else:
+            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        sd = misc.const_like(x, self.sigma_data)
+        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
+        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
+        c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
+        c_noise = sigma.log() / 4
+        F_x = self.model(c_in * x, c_noise.flatten(), class_labels)
+        return c_skip * x + c_out * F_x.to(torch.float32)
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+'''
+
+_EDM_NAMES = ("torch_utils", "dnnlib")
+
+
+def _edm_modules():
+    return {k for k in sys.modules if k.split(".")[0] in _EDM_NAMES}
+
+
+@contextlib.contextmanager
+def _stand_in_edm_modules():
+    """Stand-ins for EDM's ``torch_utils`` and ``dnnlib``, present only inside the block."""
+    saved = {k: sys.modules.pop(k) for k in _edm_modules()}
+
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("only the writer's stand-in; loading must use adasched's shim")
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+
+    class EasyDict(dict):
+        pass
+
+    EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+
+    def const_like(ref, value, shape=None):
+        t = torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
+        return t if shape is None else t.broadcast_to(shape).contiguous()
+
+    mods = {
+        "torch_utils.persistence": dict(persistent_class=lambda c: c,
+                                        _reconstruct_persistent_obj=_reconstruct_persistent_obj),
+        "torch_utils.misc": dict(const_like=const_like),
+        "dnnlib.util": dict(EasyDict=EasyDict),
+    }
+    for name, attrs in mods.items():
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        sys.modules[name] = m
+    sys.modules["torch_utils"] = types.ModuleType("torch_utils")
+    sys.modules["torch_utils"].persistence = sys.modules["torch_utils.persistence"]
+    sys.modules["torch_utils"].misc = sys.modules["torch_utils.misc"]
+    sys.modules["dnnlib"] = types.ModuleType("dnnlib")
+    sys.modules["dnnlib"].util = sys.modules["dnnlib.util"]
+    try:
+        yield types.SimpleNamespace(reconstruct=_reconstruct_persistent_obj, EasyDict=EasyDict)
+    finally:
+        for k in _edm_modules():
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def _build(src, module_name, **kwargs):
+    """Run ``src`` as module ``module_name`` (under the stand-ins) and build a seeded TinyPrecond."""
+    with _stand_in_edm_modules():
+        module = types.ModuleType(module_name)
+        exec(compile(src, module_name, "exec"), module.__dict__)
+        torch.manual_seed(0)
+        return module.TinyPrecond(**kwargs)
+
+
+def _write_edm_pickle(path, src, data):
+    """Pickle ``data`` in the persistence format: objects of ``src``'s classes carry ``src``."""
+    with _stand_in_edm_modules() as stand_in:
+        module_names = {type(v).__module__ for v in data.values() if isinstance(v, torch.nn.Module)}
+
+        class Writer(pickle.Pickler):
+            def reducer_override(self, obj):
+                if type(obj).__module__ in module_names:
+                    meta = dict(type="class", version=6, module_src=src,
+                                class_name=type(obj).__name__, state=dict(obj.__dict__))
+                    return stand_in.reconstruct, (meta,)
+                return NotImplemented
+
+        kwargs = stand_in.EasyDict(class_name="training.networks.TinyPrecond")
+        with open(path, "wb") as f:
+            Writer(f, protocol=pickle.HIGHEST_PROTOCOL).dump({**data, "network_kwargs": kwargs})
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _RunsCode:
+    """Pickles as a call that leaves a file behind when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.fixture
+def no_edm_code(monkeypatch):
+    """No EDM code on sys.path, and no EDM modules, real or shim, imported before the test."""
+    for k in _edm_modules():
+        monkeypatch.delitem(sys.modules, k)
+    assert importlib.util.find_spec("torch_utils") is None
+    assert importlib.util.find_spec("dnnlib") is None
+    yield
+
+
+@pytest.fixture
+def uncond(tmp_path, no_edm_code):
+    net = _build(SRC, "tiny_uncond", img_resolution=8, img_channels=3)
+    path = tmp_path / "net.pkl"
+    digest = _write_edm_pickle(path, SRC, dict(ema=net))
+    return net, path, digest
+
+
+def _inputs(batch=4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, 8, 8, generator=g, dtype=torch.float64).to(dtype)
+    sigma = torch.tensor([0.002, 0.5, 3.0, 80.0][:batch], dtype=dtype)
+    return x, sigma
+
+
+def test_loads_through_shim_bit_identical(uncond, tmp_path):
+    net, path, digest = uncond
+    assert not _edm_modules()
+    D = load_edm(f"edm:{path}#sha256={digest}", cache_dir=tmp_path / "cache")
+    assert isinstance(D, EDMDenoiser) and D.sha256 == digest
+    assert sys.modules["torch_utils.persistence"].__adasched_shim__
+    assert type(D.net).__name__ == "TinyPrecond" and type(D.net) is not type(net)
+
+    x, sigma = _inputs()
+    with torch.no_grad():
+        ref = net(x, sigma)
+        out = D(x, sigma)
+        assert out.dtype == torch.float32 and torch.equal(out, ref)
+        # Float64 sampler state goes in as float32 and comes back as float64.
+        out64 = D(x.double(), sigma.double())
+        assert out64.dtype == torch.float64 and torch.equal(out64, ref.double())
+        assert torch.equal(D(x, 0.5), net(x, torch.full([4], 0.5)))
+
+    assert D.sigma_min == edm.EDM_SIGMA_MIN and D.sigma_max == edm.EDM_SIGMA_MAX
+    assert (D.net_sigma_min, D.net_sigma_max) == (0.0, float("inf"))
+    assert D.round_sigma(torch.tensor([0.3], dtype=torch.float64)).dtype == torch.float64
+    assert (D.img_resolution, D.img_channels, D.label_dim, D.sigma_data) == (8, 3, 0, 0.5)
+    assert D.shape == (3, 8, 8)
+    assert not any(p.requires_grad for p in D.net.parameters())
+
+    # Gradients flow to the input (schedules are optimised through samplers).
+    xg = x.double().requires_grad_()
+    D(xg, sigma.double()).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+    # The loaded net pickles again in the same format (deepcopy, multiprocessing).
+    again = pickle.loads(pickle.dumps(D.net))
+    with torch.no_grad():
+        assert torch.equal(again(x, sigma), ref) and torch.equal(copy.deepcopy(D.net)(x, sigma), ref)
+
+
+def test_untrusted_pickle_is_refused_before_any_code_runs(tmp_path, no_edm_code, monkeypatch):
+    marker_src = tmp_path / "module-source-ran"
+    marker_reduce = tmp_path / "reduce-ran"
+    evil_src = f"open({str(marker_src)!r}, 'w').write('ran')\n" + SRC
+    net = _build(SRC, "tiny_evil", img_resolution=8, img_channels=3)
+    path = tmp_path / "evil.pkl"
+    digest = _write_edm_pickle(path, evil_src, dict(first=_RunsCode(marker_reduce), ema=net))
+    cache = tmp_path / "cache"
+
+    class NoUnpickling:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("bytes reached pickle")
+
+    with monkeypatch.context() as m:
+        m.setattr(edm.pickle, "Unpickler", NoUnpickling)
+        m.setattr(pickle, "loads", NoUnpickling)
+        m.setattr(pickle, "load", NoUnpickling)
+        with pytest.raises(ModelError, match="not pinned") as e:  # unpinned, unrecorded
+            load_edm(f"edm:{path}", cache_dir=cache)
+        assert digest in str(e.value) and "trust=True" in str(e.value)
+        wrong = "ab" * 32
+        with pytest.raises(ModelError, match=f"{digest}, expected the pinned {wrong}"):
+            load_edm(f"edm:{path}#sha256={wrong}", cache_dir=cache)
+        with pytest.raises(ModelError, match="expected the pinned"):
+            load_edm(path, sha256=wrong, cache_dir=cache, trust=True)  # trust never overrides a pin
+        # An unpinned URL is refused before it is even downloaded.
+        with pytest.raises(ModelError, match="refusing to load file://"):
+            load_edm(f"edm:{path.as_uri()}", cache_dir=cache)
+        assert not cache.exists()
+    assert not marker_src.exists() and not marker_reduce.exists()
+    assert not _edm_modules()  # the shim is not even installed before the check passes
+
+    # The payload is real: trusting the file runs both pieces of code.
+    load_edm(path, trust=True, cache_dir=cache)
+    assert marker_src.exists() and marker_reduce.exists()
+
+
+def test_recorded_hash_of_changed_url_is_refused_without_running_code(tmp_path, no_edm_code):
+    good = _build(SRC, "tiny_good", img_resolution=8, img_channels=3)
+    served = tmp_path / "served" / "net.pkl"
+    served.parent.mkdir()
+    digest = _write_edm_pickle(served, SRC, dict(ema=good))
+    cache, lock = tmp_path / "cache", tmp_path / "lock.json"
+    url = served.as_uri()
+
+    # trust=True on first use records the hash; later loads need no trust.
+    load_edm(f"edm:{url}", trust=True, cache_dir=cache, lockfile=lock)
+    assert lock_entry(lock, url) == digest
+    load_edm(f"edm:{url}", cache_dir=cache, lockfile=lock)
+
+    # The file behind the URL changes to a payload; a fresh download is refused.
+    marker = tmp_path / "ran"
+    evil_src = f"open({str(marker)!r}, 'w').write('ran')\n" + SRC
+    _write_edm_pickle(served, evil_src, dict(first=_RunsCode(marker), ema=good))
+    (cache / "net.pkl").unlink()
+    with pytest.raises(DownloadError, match=f"expected {digest}"):
+        load_edm(f"edm:{url}", cache_dir=cache, lockfile=lock)
+    assert not marker.exists() and not (cache / "net.pkl").exists()
+
+
+def test_trust_loads_unpinned_file(uncond, tmp_path, caplog):
+    from adasched.models import load_model
+
+    net, path, _ = uncond
+    D = load_model(f"edm:{path}", trust=True, cache_dir=tmp_path / "cache")
+    x, sigma = _inputs()
+    with torch.no_grad():
+        assert torch.equal(D(x, sigma), net(x, sigma))
+    assert "not pinned: trust=True" in caplog.text
+
+
+def test_conditional_model_takes_class_labels(tmp_path, no_edm_code):
+    net = _build(SRC, "tiny_cond", img_resolution=8, img_channels=3, label_dim=4)
+    path = tmp_path / "cond.pkl"
+    digest = _write_edm_pickle(path, SRC, dict(ema=net))
+    D = load_edm(path, sha256=digest, cache_dir=tmp_path / "cache")
+    assert D.label_dim == 4
+    x, sigma = _inputs()
+    classes = torch.tensor([0, 3, 1, 3])
+    onehot = torch.nn.functional.one_hot(classes, 4).float()
+    with torch.no_grad():
+        ref = net(x, sigma, onehot)
+        assert torch.equal(D.with_labels(classes)(x.double(), sigma.double()), ref.double())
+        assert torch.equal(D.with_labels(onehot)(x, sigma), ref)
+        assert torch.equal(D(x, sigma, class_labels=onehot), ref)
+        # One label for the whole batch.
+        assert torch.equal(D.with_labels(torch.tensor(2))(x, sigma),
+                           net(x, sigma, torch.nn.functional.one_hot(torch.full([4], 2), 4).float()))
+        assert not torch.equal(D.with_labels(classes.flip(0))(x, sigma), ref)
+    with pytest.raises(ModelError, match="class-conditional.*with_labels"):
+        D(x, sigma)
+    with pytest.raises(ModelError, match="batch of 2; the input has 4"):
+        D.with_labels(classes[:2])(x, sigma)
+    with pytest.raises(ModelError, match=r"0\.\.3"):
+        D.with_labels(torch.tensor([4]))
+    with pytest.raises(ModelError, match=r"shape \[B, 4\]"):
+        D.with_labels(torch.ones(4, 5))
+    assert D.class_labels is None  # with_labels returns a new wrapper
+
+
+def test_unconditional_model_rejects_labels(uncond, tmp_path):
+    _, path, digest = uncond
+    D = load_edm(path, sha256=digest, cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelError, match="unconditional"):
+        D.with_labels(torch.tensor([1]))
+    with pytest.raises(ModelError, match=r"sigma must have shape \[4\]"):
+        D(*_inputs()[:1], torch.ones(3))
+
+
+def test_registry_name_with_file_placed_by_hand(uncond, tmp_path):
+    """``edm:NAME`` of an unpinned registry entry: the hash is recorded at first use, then checked."""
+    _, path, digest = uncond
+    entry = registry.get_model("edm-cifar10-32x32-cond-vp.pkl")
+    assert entry.sha256 is None  # nothing published to pin
+    cache, lock = tmp_path / "cache", tmp_path / "cache" / "adasched-lock.json"
+    cache.mkdir()
+    (cache / entry.filename).write_bytes(path.read_bytes())
+    D = load_edm(f"edm:{entry.name}", cache_dir=cache)
+    assert D.sha256 == digest and lock_entry(lock, entry.url) == digest
+    (cache / entry.filename).write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(DownloadError, match=f"expected {digest}"):
+        load_edm(f"edm:{entry.name}", cache_dir=cache)
+
+
+def test_registry_contents():
+    assert len(registry.list_models()) == 9
+    cond = registry.get_model("edm-cifar10-32x32-cond-vp")
+    assert cond.url == "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl"
+    assert (cond.resolution, cond.channels, cond.label_dim, cond.conditional) == (32, 3, 10, True)
+    adm = registry.get_model("edm-imagenet-64x64-cond-adm")
+    assert (adm.resolution, adm.label_dim) == (64, 1000)
+    assert registry.get_model("edm-ffhq-64x64-uncond-ve").label_dim == 0
+    assert registry.get_fid_ref(adm.fid_ref).url == \
+        "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz"
+    assert {registry.get_model(n).fid_ref for n in registry.list_models()} == set(registry.FID_REFS)
+    with pytest.raises(ModelError, match="registered models: edm-afhqv2"):
+        registry.get_model("edm-mnist")
+    assert registry.pinned_hashes() == set()
+
+
+def test_parse_spec_and_bad_files(tmp_path):
+    h = "AB" * 32
+    assert parse_spec(f"edm:/a/b.pkl#sha256={h}") == ("/a/b.pkl", h.lower())
+    assert parse_spec("edm:edm-ffhq-64x64-uncond-vp") == ("edm-ffhq-64x64-uncond-vp", None)
+    with pytest.raises(ModelError, match="malformed pin"):
+        parse_spec("edm:x.pkl#sha256=12")
+    with pytest.raises(ModelError, match="not found.*registered models: edm-afhqv2"):
+        load_edm(tmp_path / "missing.pkl", trust=True, cache_dir=tmp_path)
+    notdict = tmp_path / "list.pkl"
+    notdict.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(ModelError, match="dict with key 'ema'"):
+        load_edm(notdict, trust=True, cache_dir=tmp_path)
+    # A wrong format version is a clear error, not a crash.
+    v5 = tmp_path / "v5.pkl"
+    with _stand_in_edm_modules() as stand_in:
+        v5.write_bytes(pickle.dumps({"ema": _Meta(stand_in.reconstruct, 5)}))
+    with pytest.raises(AdaschedError, match="version 5 is not supported; expected 6"):
+        load_edm(v5, trust=True, cache_dir=tmp_path)
+
+
+class _Meta:
+    def __init__(self, reconstruct, version):
+        self.reconstruct, self.version = reconstruct, version
+
+    def __reduce__(self):
+        return self.reconstruct, (dict(type="class", version=self.version, module_src="",
+                                       class_name="X", state={}),)
+
+
+def test_cli_samples_an_edm_pickle(uncond, tmp_path, capsys, monkeypatch):
+    """`adasched sample --model edm:...` goes through the same CLI as analytic models; unpinned is refused."""
+    import numpy as np
+
+    from adasched.cli import main
+    from adasched.samplers import generate
+    from adasched.schedules import sigmas_edm
+
+    net, path, digest = uncond
+    monkeypatch.setenv("ADASCHED_CACHE_DIR", str(tmp_path / "cache"))
+    sched, out = tmp_path / "s.json", tmp_path / "x.npz"
+    assert main(["schedule", "--method", "edm", "--solver", "heun", "--nfe", "5", "-o", str(sched)]) == 0
+    argv = ["sample", "--schedule", str(sched), "--solver", "heun", "--num", "3", "--device", "cpu", "-o", str(out)]
+    assert main(argv + ["--model", f"edm:{path}"]) == 1
+    assert "sha256" in capsys.readouterr().err and not out.exists()
+    assert main(argv + ["--model", f"edm:{path}#sha256={digest}"]) == 0
+    d = np.load(out)
+    assert d["samples"].shape == (3, 3, 8, 8) and int(d["nfe"]) == 5
+    ref = generate(lambda x, s: net(x.float(), s.float()).double(), sigmas_edm(3), "heun", range(3), (3, 8, 8))
+    np.testing.assert_allclose(d["samples"], ref["samples"].numpy(), rtol=1e-5, atol=1e-5)
