@@ -66,6 +66,10 @@ class CountingDenoiser:
         return self.inner(x, sigma)
 
     def __getattr__(self, name):
+        # Only reached for attributes not found normally; guard ``inner`` and dunders so that copy and
+        # pickle (which look these up on an instance without ``inner``) do not recurse forever.
+        if name == "inner" or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
@@ -84,9 +88,11 @@ class VPLinearBeta:
         return torch.sqrt(torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))
 
     def t(self, sigma: torch.Tensor) -> torch.Tensor:
-        # Solve beta_d/2 t^2 + beta_min t - log(1 + sigma^2) = 0 for t >= 0.
+        # Solve beta_d/2 t^2 + beta_min t - log(1 + sigma^2) = 0 for t >= 0, in the form without
+        # cancellation at small sigma (and valid for beta_d = 0, constant beta).
         c = torch.log1p(sigma**2)
-        return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * c) - self.beta_min) / self.beta_d
+        denom = torch.sqrt(self.beta_min**2 + 2 * self.beta_d * c) + self.beta_min
+        return 2 * c / denom.clamp_min(torch.finfo(c.dtype).tiny)  # t(0) = 0 also when beta_min = 0
 
 
 class EpsDenoiser:

@@ -44,36 +44,50 @@ class GaussianMixture:
 
     @staticmethod
     def _validate(weights, means, variances, source):
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def vector(name, value):
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ModelError(f"{source}: '{name}' must be a non-empty list of K numbers, "
+                                 f"got {type(value).__name__}")
+            bad = [v for v in value if not is_number(v)]
+            if bad:
+                raise ModelError(f"{source}: '{name}' must contain only numbers, found {bad[0]!r}")
+            return torch.tensor(value, dtype=torch.float64)
+
         def matrix(name, value):
             if not isinstance(value, (list, tuple)) or not value or not all(isinstance(r, (list, tuple)) for r in value):
                 raise ModelError(f"{source}: '{name}' must be a non-empty list of K lists of d numbers")
             lengths = {len(r) for r in value}
             if len(lengths) != 1:
                 raise ModelError(f"{source}: '{name}' is ragged: its rows have lengths {sorted(lengths)}")
-            try:
-                return torch.tensor(value, dtype=torch.float64)
-            except (TypeError, ValueError):
-                raise ModelError(f"{source}: '{name}' must contain only numbers") from None
+            if lengths == {0}:
+                raise ModelError(f"{source}: '{name}' rows are empty; need d >= 1 numbers per row")
+            bad = [v for r in value for v in r if not is_number(v)]
+            if bad:
+                raise ModelError(f"{source}: '{name}' must contain only numbers, found {bad[0]!r}")
+            return torch.tensor(value, dtype=torch.float64)
 
-        if not isinstance(weights, (list, tuple)) or not weights:
-            raise ModelError(f"{source}: 'weights' must be a non-empty list of K numbers")
-        try:
-            w = torch.tensor(weights, dtype=torch.float64)
-        except (TypeError, ValueError):
-            raise ModelError(f"{source}: 'weights' must contain only numbers") from None
+        w = vector("weights", weights)
         mu, var = matrix("means", means), matrix("variances", variances)
-        if w.ndim != 1 or mu.shape[0] != w.numel() or var.shape[0] != w.numel():
-            raise ModelError(f"{source}: need K weights, K means and K variance rows, got "
-                             f"{w.numel()}, {mu.shape[0]} and {var.shape[0]}")
+        for name, t in (("means", mu), ("variances", var)):
+            if t.shape[0] != w.numel():
+                raise ModelError(f"{source}: '{name}' has {t.shape[0]} rows but 'weights' has {w.numel()} entries; "
+                                 f"need one row per component")
         if mu.shape != var.shape:
-            raise ModelError(f"{source}: means have dimension {mu.shape[1]} but variances {var.shape[1]}")
-        if not (torch.isfinite(w).all() and torch.isfinite(mu).all() and torch.isfinite(var).all()):
-            raise ModelError(f"{source}: weights, means and variances must be finite")
-        if (w < 0).any() or abs(float(w.sum()) - 1) > 1e-6:
-            raise ModelError(f"{source}: weights must be non-negative and sum to 1, they sum to {float(w.sum()):.6g}")
+            raise ModelError(f"{source}: 'means' rows have dimension {mu.shape[1]} but 'variances' rows {var.shape[1]}")
+        for name, t in (("weights", w), ("means", mu), ("variances", var)):
+            if not torch.isfinite(t).all():
+                raise ModelError(f"{source}: '{name}' must be finite, found {float(t[~torch.isfinite(t)][0])}")
+        if (w < 0).any():
+            raise ModelError(f"{source}: 'weights' must be non-negative, found {float(w.min()):.6g}")
+        if abs(float(w.sum()) - 1) > 1e-6:
+            raise ModelError(f"{source}: 'weights' must sum to 1, they sum to {float(w.sum()):.9g}")
         if (var < 0).any():
-            raise ModelError(f"{source}: variances must be non-negative")
-        return w, mu, var
+            raise ModelError(f"{source}: 'variances' must be non-negative, found {float(var.min()):.6g}")
+        # Renormalise away the accepted rounding so that the density integrates to 1 exactly.
+        return w / w.sum(), mu, var
 
     @classmethod
     def from_json(cls, obj: Any, source: str = "gmm") -> "GaussianMixture":
@@ -129,17 +143,20 @@ class GaussianMixture:
                      rtol: float = 1e-10, atol: float = 1e-12) -> torch.Tensor:
         """Probability-flow ODE state at ``sigma_to`` from ``x`` at ``sigma_from``.
 
-        Closed form for a single component; otherwise DOP853 in ``log sigma`` (where the ODE is smooth down
-        to sigma = 0 when all variances are positive), down to ``sigma_to`` or, for ``sigma_to = 0``, to a
-        level where the remaining move ``~ sigma^2 / v_min`` is below ``atol``, then the exact jump ``D``.
+        Closed form for a single component; otherwise DOP853 in ``log sigma`` (where ``dx/dlog sigma = x - D``
+        is smooth down to sigma = 0), down to ``sigma_to`` or, for ``sigma_to = 0``, to a level where the
+        remaining move is below ``atol`` (``~ sigma^2 / v_min``; ``~ sigma`` for point masses), then the
+        exact jump ``D``.
         """
         if self.weights.numel() == 1:
             mu, v = self.means[0].to(x), self.variances[0].to(x)
             return mu + (x - mu) * torch.sqrt((v + sigma_to**2) / (v + sigma_from**2))
         from scipy.integrate import solve_ivp
 
+        # Below ``end`` the remaining move is ~ sigma^2 / v per component with variance v >= atol, and at
+        # most ~ sigma for narrower ones (point masses, v = 0, included), so the jump D is within atol.
         vmin = float(self.variances.min())
-        end = sigma_to if sigma_to > 0 else max(1e-300, math.sqrt(atol * max(vmin, 1e-300)) * 1e-2)
+        end = sigma_to if sigma_to > 0 else 1e-2 * max(math.sqrt(atol * vmin), atol)
         shape = x.shape
 
         def f(u, y):
@@ -225,7 +242,8 @@ class PowerLawGaussian:
         return -(ch.T @ y @ cw)
 
     def log_prob(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
-        var = self.eigenvalues.to(x) + torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1) ** 2
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        var = self.eigenvalues.to(x) + sigma.reshape(-1, 1, 1, 1) ** 2
         y = self.to_spectral(x)
         return -0.5 * (y**2 / var + torch.log(2 * math.pi * var)).flatten(1).sum(1)
 
