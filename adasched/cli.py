@@ -19,6 +19,17 @@ EXAMPLES = {
     "schedule": """examples:
   adasched schedule --method edm --rho 7 --solver heun --nfe 35 -o edm-heun-nfe35.json
   adasched schedule --method loglinear --solver dpmpp-2m --steps 10 --sigma-min 0.002 --sigma-max 80 -o ll.json
+  adasched schedule --method score-optimal --probes probes.h5 --solver heun --nfe 15 -o co.json
+  adasched schedule --method solver-aware --probes probes.h5 --model gmm:mixture.json --solver ipndm --nfe 8 -o sa.json
+""",
+    "probe": """examples:
+  adasched probe --model gmm:mixture.json --grid 200 --samples 256 -o probes.h5
+  adasched probe --model gmm:mixture.json --grid 200 --samples 256 -o probes.h5     # adds 256 more
+  adasched probe --model gmm:mixture.json --cost predictor --grid 100 --samples 128 -o probes-po.h5
+""",
+    "evaluate": """examples:
+  adasched evaluate --samples samples.npz --model gmm:mixture.json -o metrics.json
+  adasched evaluate --samples nfe9.npz --reference nfe511.npz -o metrics.json
 """,
     "sample": """examples:
   adasched sample --model gmm:mixture.json --schedule edm-heun-nfe35.json --solver heun --num 1000 -o samples.npz
@@ -82,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="compute a sampling schedule for a solver and NFE",
                        parents=[common], epilog=EXAMPLES["schedule"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=list(CLOSED_FORM), help="schedule method")
+    p.add_argument("--method", required=True, choices=list(CLOSED_FORM) + list(PROBED_METHODS),
+                   help="schedule method (score-optimal, score-optimal-po, solver-aware need --probes)")
     p.add_argument("--solver", required=True, choices=list(SOLVERS), help="solver the schedule is for")
     n = p.add_mutually_exclusive_group(required=True)
     n.add_argument("--nfe", type=_positive_int, help="network evaluations per sample (exact for the solver)")
@@ -90,8 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=_float, default=7.0, help="edm: polynomial exponent (default 7)")
     p.add_argument("--sigma-min", type=_float, default=SIGMA_MIN, help=f"lowest positive sigma (default {SIGMA_MIN})")
     p.add_argument("--sigma-max", type=_float, default=SIGMA_MAX, help=f"highest sigma (default {SIGMA_MAX:g})")
+    p.add_argument("--probes", help="probe file (.h5 from 'adasched probe') for the probed methods")
+    p.add_argument("--model", help="solver-aware: model SPEC whose own solves the schedule is fitted to")
+    p.add_argument("--fit-seeds", type=_positive_int, default=64,
+                   help="solver-aware: trajectories to fit on (seeds from 1000000 on; default 64)")
+    p.add_argument("--fit-iterations", type=_positive_int, default=200, help="solver-aware: Adam steps (default 200)")
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write")
     _add_solver_options(p, nfe_only=True)
+
+    p = sub.add_parser("probe", help="estimate the incremental cost on a grid of noise levels into HDF5",
+                       parents=[common], epilog=EXAMPLES["probe"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model SPEC")
+    p.add_argument("--data", default=None, help="data SPEC: target (default for analytic models), npz:PATH[:KEY], "
+                                                "digits, model")
+    p.add_argument("--grid", required=True, type=_positive_int, help="number of probe intervals K (K+1 sigmas)")
+    p.add_argument("--spacing", default="log", choices=["log", "edm"], help="probe grid spacing (default log)")
+    p.add_argument("--samples", required=True, type=_positive_int, help="samples to add per interval")
+    p.add_argument("--seed", type=int, default=None, help="first seed of a new file (default 0; an existing file "
+                                                          "continues after its last seed)")
+    p.add_argument("--sigma-min", type=_float, default=SIGMA_MIN, help=f"lowest probe sigma (default {SIGMA_MIN})")
+    p.add_argument("--sigma-max", type=_float, default=SIGMA_MAX, help=f"highest probe sigma (default {SIGMA_MAX:g})")
+    p.add_argument("--cost", default="corrector", choices=["corrector", "predictor"],
+                   help="corrector-optimised (paper's workhorse) or predictor-optimised cost")
+    p.add_argument("--weighting", default="lower", choices=["lower", "upper"],
+                   help="v = sigma of the lower-noise end (paper) or of the upper end")
+    p.add_argument("--hutchinson", type=_positive_int, default=1, help="predictor cost: trace probes per sample")
+    p.add_argument("--batch", type=_positive_int, default=256, help="samples per denoiser call (default 256)")
+    p.add_argument("--device", default="auto", help="torch device, or 'auto': CUDA when available (default)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a model pickle whose sha256 is not pinned (unpickling runs the file's code)")
+    p.add_argument("-o", "--output", required=True, help="probe file to create or add samples to")
 
     p = sub.add_parser("sample", help="draw samples along a schedule with a solver",
                        parents=[common], epilog=EXAMPLES["sample"], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,15 +148,74 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load a model pickle whose sha256 is not pinned (unpickling runs the file's code)")
     p.add_argument("-o", "--output", required=True, help="samples NPZ to write")
     _add_solver_options(p)
+
+    p = sub.add_parser("evaluate", help="measure samples: exact errors (analytic models), error against a reference",
+                       parents=[common], epilog=EXAMPLES["evaluate"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", required=True, help="samples NPZ (from 'adasched sample')")
+    p.add_argument("--model", help="analytic model SPEC: exact ODE error and distance to the target")
+    p.add_argument("--reference", help="reference samples NPZ from the same seeds (e.g. a high-NFE run)")
+    p.add_argument("-o", "--output", required=True, help="metrics JSON to write")
     return parser
+
+
+#: Schedule methods computed from a probe file, and the cost variant each needs.
+PROBED_METHODS = {"score-optimal": "corrector", "score-optimal-po": "predictor", "solver-aware": "corrector"}
+
+
+def _device(name: str) -> str:
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as e:
+        raise AdaschedError(f"device {name!r} is not usable here: {str(e).splitlines()[0]}") from None
+    return device
+
+
+def _probed_schedule(args, opts):
+    from adasched.fitting import solver_aware_schedule
+    from adasched.models import load_model
+    from adasched.optimize import score_optimal_schedule
+    from adasched.probe import read_probes
+    from adasched.schedules import Schedule
+
+    if not args.probes:
+        raise AdaschedError(f"method {args.method} needs --probes FILE.h5 (made by 'adasched probe')")
+    if args.method == "solver-aware" and not args.model:
+        raise AdaschedError("method solver-aware needs --model SPEC: it is fitted to the model's own solves")
+    want = PROBED_METHODS[args.method]
+    have = read_probes(args.probes).cost
+    if have != want:
+        raise AdaschedError(f"method {args.method} needs a probe file of the {want!r} cost; "
+                            f"{args.probes} holds the {have!r} cost (adasched probe --cost {want})")
+    given = {"sigma_min": args.sigma_min, "sigma_max": args.sigma_max}
+    base = score_optimal_schedule(args.probes, args.solver, nfe=args.nfe, steps=args.steps,
+                                  solver_options=opts or None, method=args.method, **given)
+    if args.method != "solver-aware":
+        return base
+    model = load_model(args.model, device="cpu", trust=False)
+    seeds = list(range(1_000_000, 1_000_000 + args.fit_seeds))
+    sigmas = solver_aware_schedule(model, model.shape, args.solver, base.sigmas, seeds,
+                                   iterations=args.fit_iterations, **opts)
+    params = dict(base.params, model=args.model, fit_seeds=[seeds[0], seeds[-1] + 1],
+                  fit_iterations=args.fit_iterations, initial_sigmas=[float(v) for v in base.sigmas])
+    params.pop("sigma_std", None)
+    return Schedule(sigmas, method=args.method, solver=args.solver, nfe=base.nfe, params=params,
+                    provenance=base.provenance)
 
 
 def cmd_schedule(args) -> None:
     from adasched.io import provenance
     from adasched.samplers import nfe_for_steps, steps_for_nfe
-    from adasched.schedules import CLOSED_FORM, Schedule
+    from adasched.schedules import CLOSED_FORM, SIGMA_MAX, SIGMA_MIN, Schedule
 
     opts = _solver_options(args)
+    if args.method in PROBED_METHODS:
+        if args.sigma_min == SIGMA_MIN and args.sigma_max == SIGMA_MAX:
+            args.sigma_min = args.sigma_max = None  # default to the probed range
+        _probed_schedule(args, opts).save(args.output)
+        return
     steps = args.steps if args.steps is not None else steps_for_nfe(args.solver, args.nfe, **opts)
     nfe = nfe_for_steps(args.solver, steps, **opts)
     params = {"sigma_min": args.sigma_min, "sigma_max": args.sigma_max}
@@ -143,11 +242,7 @@ def cmd_sample(args) -> None:
     opts.update(_solver_options(args))
     if schedule.solver != args.solver:
         log.warning("schedule %s was made for %s, sampling with %s", args.schedule, schedule.solver, args.solver)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as e:
-        raise AdaschedError(f"device {args.device!r} is not usable here: {str(e).splitlines()[0]}") from None
+    device = _device(args.device)
     model = load_model(args.model, device=device, trust=args.trust_pickle)
     seeds = list(range(args.seed_start, args.seed_start + args.num))
     with torch.inference_mode():
@@ -161,7 +256,39 @@ def cmd_sample(args) -> None:
                                               solver_options=opts, device=str(device))))
 
 
-COMMANDS = {"schedule": cmd_schedule, "sample": cmd_sample}
+def cmd_probe(args) -> None:
+    import torch
+
+    from adasched.data import load_data_sampler
+    from adasched.models import load_model
+    from adasched.probe import probe, probe_grid
+
+    device = _device(args.device)
+    model = load_model(args.model, device=device, trust=args.trust_pickle)
+    analytic = callable(getattr(model, "sample", None))
+    sampler = load_data_sampler(args.data or ("target" if analytic else "model"), model)
+    grid = probe_grid(args.grid, args.sigma_min, args.sigma_max, spacing=args.spacing)
+    probe(model, sampler, grid, args.samples, args.output, seed=args.seed, batch=args.batch,
+          weighting=args.weighting, cost=args.cost, hutchinson=args.hutchinson,
+          meta={"model": args.model, "model_sha256": getattr(model, "sha256", "") or "", "data": sampler.description},
+          dtype=torch.float64 if analytic else torch.float32, device=device,
+          callback=lambda done, todo: log.info("probed %d/%d samples per interval", done, todo))
+
+
+def cmd_evaluate(args) -> None:
+    from adasched.io import provenance, sha256_file, write_json
+    from adasched.metrics import evaluate_samples
+    from adasched.models import load_model
+
+    model = load_model(args.model) if args.model else None
+    out = evaluate_samples(args.samples, model, args.reference)
+    inputs = {"samples": args.samples, "samples_sha256": sha256_file(args.samples), "model": args.model}
+    if args.reference:
+        inputs.update(reference=args.reference, reference_sha256=sha256_file(args.reference))
+    write_json(args.output, dict(out, inputs=inputs, provenance=provenance(command="evaluate")))
+
+
+COMMANDS = {"schedule": cmd_schedule, "sample": cmd_sample, "probe": cmd_probe, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,14 +110,32 @@ def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_
 
 
 def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
-                          reference: Callable | None = None, **kw) -> torch.Tensor:
-    """Refine ``init_sigmas`` for ``solver`` against the model's own high-NFE solves on ``probe_seeds``.
+                          reference: Callable | None = None, candidates: Sequence | None = None,
+                          **kw) -> torch.Tensor:
+    """Refine a schedule for ``solver`` against the model's own high-NFE solves on ``probe_seeds``.
 
-    ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
-    denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
+    The start is whichever of ``init_sigmas`` (the score-optimal schedule) and ``candidates`` (default: EDM's
+    rho = 7, log-linear and KL-optimal schedules on the same range and step count) has the lowest error on
+    the probe seeds: gradient descent only finds a nearby minimum, and which basin is best depends on the
+    solver.  ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only
+    the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
+    from adasched.schedules import sigmas_kl_optimal, sigmas_loglinear
+
     init = validate_sigmas(init_sigmas)
     z = latents(probe_seeds, shape).double()
     x = z * init[0]
     ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
-    return fit_schedule(denoise, solver, init, x, ref, generator_seeds=probe_seeds, **kw)
+    steps, lo, hi = init.numel() - 1, float(init[-2]), float(init[0])
+    if candidates is None:
+        candidates = [f(steps, lo, hi) for f in (sigmas_edm, sigmas_loglinear, sigmas_kl_optimal)] if lo < hi else []
+    spec = get_solver(solver)
+    options = {k: v for k, v in kw.items() if k in spec.options}
+
+    def error(s):
+        gen = PerSampleGenerator(probe_seeds) if spec.stochastic else None
+        with torch.no_grad():
+            return float((spec.fn(denoise, x, s, generator=gen, **options) - ref).pow(2).mean())
+
+    start = min([init, *map(validate_sigmas, candidates)], key=error)
+    return fit_schedule(denoise, solver, start, x, ref, generator_seeds=probe_seeds, **kw)

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-__all__ = ["frechet_distance", "gaussian_stats", "rmse", "ode_error", "sliced_wasserstein"]
+__all__ = ["frechet_distance", "gaussian_stats", "rmse", "ode_error", "sliced_wasserstein", "evaluate_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +78,46 @@ def sliced_wasserstein(x, y, projections: int = 256, seed: int = 0) -> float:
     px, _ = torch.sort(x @ dirs.T, dim=0)
     py, _ = torch.sort(y @ dirs.T, dim=0)
     return float((px - py).pow(2).mean().sqrt())
+
+
+def evaluate_samples(samples_npz, model=None, reference_npz=None) -> dict:
+    """Metrics of a samples NPZ (the design's format) with what they were measured against.
+
+    * ``ode_rmse``: RMSE against the exact ODE solution from the same latents (analytic ``model``);
+    * ``target_sliced_w2``: sliced 2-Wasserstein distance to as many exact target samples (analytic);
+    * ``reference_rmse``: RMSE against a reference samples NPZ made from the same seeds (any model, e.g. a
+      high-NFE run), the quantity schedule-optimisation papers report.
+    """
+    from adasched.errors import DataError
+
+    def load(path):
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise DataError(f"samples file not found: {path}") from None
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read samples file {path}: {e}") from None
+
+    d = load(samples_npz)
+    missing = [k for k in ("samples", "latents", "seeds", "sigmas", "nfe") if k not in d]
+    if missing:
+        raise DataError(f"{samples_npz} is not a samples file: missing {', '.join(missing)}")
+    out: dict = {"num_samples": int(len(d["seeds"])), "seeds": [int(d["seeds"].min()), int(d["seeds"].max()) + 1],
+                 "nfe": int(d["nfe"]), "solver": str(d.get("solver", "")), "method": str(d.get("method", ""))}
+    metrics: dict = {}
+    if model is not None and callable(getattr(model, "ode_solution", None)):
+        metrics["ode_rmse"] = ode_error(model, d["samples"], d["latents"], float(d["sigmas"][0]))
+        n = len(d["samples"])
+        truth = model.sample(n, generator=torch.Generator().manual_seed(0x5EED))
+        metrics["target_sliced_w2"] = sliced_wasserstein(d["samples"], truth)
+    if reference_npz is not None:
+        r = load(reference_npz)
+        if "seeds" not in r or not np.array_equal(r["seeds"], d["seeds"]):
+            raise DataError(f"reference {reference_npz} was not drawn from the same seeds as {samples_npz}")
+        metrics["reference_rmse"] = rmse(d["samples"], r["samples"])
+        out["reference_nfe"] = int(r["nfe"])
+    if not metrics:
+        raise DataError("nothing to measure: give an analytic model (gmm:, powerlaw:) or --reference REF.npz")
+    out["metrics"] = metrics
+    return out

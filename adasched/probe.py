@@ -1,4 +1,4 @@
-"""Monte-Carlo estimation of the corrector-optimised incremental cost (paper.md §2.3, §3.2), stored in HDF5.
+"""Monte-Carlo estimation of the incremental costs (paper.md §2.3, §3.2, §3.4), stored in HDF5.
 
 For a probe grid ``sigma_0 < ... < sigma_K`` (increasing, as in :mod:`adasched.optimize`) and each interval
 ``i`` between ``sigma_i`` (lower noise, the step's target ``t'``) and ``sigma_{i+1}`` (higher noise, ``t``)::
@@ -9,7 +9,9 @@ For a probe grid ``sigma_0 < ... < sigma_K`` (increasing, as in :mod:`adasched.o
 
 whose mean over samples estimates ``L_c(t, t') = v(t')^2 E_{p_t} ||grad log p_t' - grad log p_t||^2``
 (paper.md §2.3, the Fisher divergence of Eqs. 13–15 weighted by ``v = sigma``, §3.3).  Costs 2 denoiser
-evaluations per sample and interval, no gradients.
+evaluations per sample and interval, no gradients.  The predictor-optimised cost ``L_p`` (``cost="predictor"``,
+:func:`predictor_costs`) replaces the identity predictor by an Euler probability-flow step and needs
+Jacobian-vector products and a Hutchinson trace estimate.
 
 Determinism (design.md, common random numbers): sample ``j`` of a probe uses seed ``seed_start + j``; its
 data point and noise for interval ``i`` come from two 63-bit seeds derived from ``(seed, i)`` by a
@@ -44,6 +46,8 @@ __all__ = [
     "ProbeResult",
     "probe_grid",
     "corrector_costs",
+    "predictor_costs",
+    "COSTS",
     "derive_seeds",
     "interval_inputs",
     "target_sampler",
@@ -60,6 +64,9 @@ log = logging.getLogger(__name__)
 #: Which end of an interval gives the velocity ``v`` (paper.md §3.2, §5.1): ``lower`` is the paper's
 #: ``v(t')``, the lower-noise target level; ``upper`` is the higher-noise level (as in [R2]).
 WEIGHTINGS = ("lower", "upper")
+#: Cost variants (paper.md §2.3): the corrector-optimised cost (identity predictor) and the
+#: predictor-optimised cost (Euler probability-flow predictor, §3.4).
+COSTS = ("corrector", "predictor")
 FORMAT = "adasched-probes"
 FORMAT_VERSION = 1
 #: Keys of ``meta`` that identify what was probed; a file refuses samples whose identity differs.
@@ -217,6 +224,65 @@ def corrector_costs(denoise: Callable, x0: torch.Tensor, eps: torch.Tensor, sigm
     delta = (d_lo - x) / sigma_lo**2 - (d_hi - x) / sigma_hi**2
     v = sigma_lo if weighting == "lower" else sigma_hi
     return v**2 * delta.reshape(b, -1).pow(2).sum(1)
+
+
+def predictor_costs(denoise: Callable, x0: torch.Tensor, eps: torch.Tensor, sigma_lo: float, sigma_hi: float,
+                    probes: torch.Tensor, *, weighting: str = "lower", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-sample predictor-optimised cost ``v^2 ||score(y, sigma_lo) - grad log F#p(y)||^2`` (paper.md §3.4).
+
+    The predictor is one Euler step of the probability-flow ODE, ``F(x) = x + h u(x)`` with
+    ``u = dx/dsigma = -sigma_hi score(x, sigma_hi)`` and ``h = sigma_lo - sigma_hi``, from
+    ``x = x0 + sigma_hi eps``.  The score of the pushed-forward marginal at ``y = F(x)`` is taken to first
+    order in ``h`` from the change of variables (paper.md §3.4)::
+
+        grad log F#p(y) ~= s(x) - h [ (grad u)^T s(x) + grad (div u)(x) ]
+                         = s(x) + h sigma_hi [ (grad s)^T s + grad tr(grad s) ](x)
+
+    ``(grad s)^T s`` is a vector-Jacobian product; ``grad tr(grad s)`` comes from Hutchinson's estimator
+    ``tr A ~= xi^T A xi`` with the given ``probes`` (``[n_probe, B, ...]`` Rademacher vectors), differentiated
+    once more by autograd (so the denoiser must be twice differentiable in ``x``).  Evaluations: one forward
+    at ``sigma_hi`` with ``1 + n_probe`` backward passes (each a double backward), one forward at ``sigma_lo``.
+
+    With the exact score the first-order terms cancel (paper.md §2.4), so this cost is of higher order in
+    ``h`` than the corrector's; Algorithm 1 equalises it all the same.  Experimental, as in the paper.
+    """
+    if weighting not in WEIGHTINGS:
+        raise AdaschedError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+    if not (0 < sigma_lo < sigma_hi):
+        raise ScheduleError(f"need 0 < sigma_lo < sigma_hi, got {sigma_lo:g} and {sigma_hi:g}")
+    if x0.shape != eps.shape or probes.shape[1:] != x0.shape:
+        raise DataError(f"data {tuple(x0.shape)}, noise {tuple(eps.shape)} and probes {tuple(probes.shape)} disagree")
+    dtype = dtype or x0.dtype
+    b = x0.shape[0]
+    h = sigma_lo - sigma_hi
+    sig_hi = torch.full((b,), sigma_hi, dtype=dtype, device=x0.device)
+    sig_lo = torch.full((b,), sigma_lo, dtype=dtype, device=x0.device)
+    x64 = x0.to(torch.float64) + sigma_hi * eps.to(device=x0.device, dtype=torch.float64)
+    with torch.enable_grad():
+        x = x64.to(dtype).requires_grad_(True)
+        s = (denoise(x, sig_hi) - x) / sigma_hi**2
+        (jts,) = torch.autograd.grad(s, x, grad_outputs=s.detach(), retain_graph=True)
+        grad_div = torch.zeros_like(x64)
+        for xi in probes.to(device=x.device, dtype=dtype):
+            (j_xi,) = torch.autograd.grad(s, x, grad_outputs=xi, create_graph=True, retain_graph=True)
+            (g,) = torch.autograd.grad((j_xi * xi).sum(), x, retain_graph=True)
+            grad_div += g.to(torch.float64) / probes.shape[0]
+    s64 = s.detach().to(torch.float64)
+    y = x64 - h * sigma_hi * s64
+    pushed = s64 + h * sigma_hi * (jts.detach().to(torch.float64) + grad_div)
+    with torch.no_grad():
+        target = (denoise(y.to(dtype), sig_lo).to(torch.float64) - y) / sigma_lo**2
+    v = sigma_lo if weighting == "lower" else sigma_hi
+    return v**2 * (target - pushed).reshape(b, -1).pow(2).sum(1)
+
+
+def rademacher(seeds: np.ndarray, shape: Sequence[int], n_probe: int) -> torch.Tensor:
+    """``[n_probe, len(seeds), *shape]`` Rademacher (+-1) vectors, row ``j`` from seed ``seeds[j]`` alone."""
+    rows = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(s))
+        rows.append(torch.randint(0, 2, (n_probe, *shape), generator=g).to(torch.float64) * 2 - 1)
+    return torch.stack(rows, dim=1) if rows else torch.empty(n_probe, 0, *shape, dtype=torch.float64)
 
 
 def interval_inputs(data_sampler: Callable, seeds: Sequence[int], interval: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,15 +449,16 @@ def _describe_grid(s: np.ndarray) -> str:
     return f"{s.size} points on [{s[0]:g}, {s[-1]:g}]"
 
 
-def _check_same(path: Path, st: ProbeResult, sigmas: np.ndarray | None, weighting: str, identity: dict,
-                seed: int | None) -> None:
+def _check_same(path: Path, st: ProbeResult, sigmas: np.ndarray | None, cost: str, weighting: str,
+                identity: dict, seed: int | None) -> None:
     """Refuse to add samples that would estimate something else than the file holds."""
     if sigmas is not None and (sigmas.shape != st.sigmas.shape
                                or not np.allclose(sigmas, st.sigmas, rtol=1e-12, atol=0)):
         raise DataError(f"probe file {path} holds a grid of {_describe_grid(st.sigmas)}, but this run asks for "
                         f"{_describe_grid(sigmas)}; use another output file or the file's grid")
-    if st.cost != "corrector":
-        raise DataError(f"probe file {path} holds cost {st.cost!r}; this estimator writes 'corrector'")
+    if st.cost != cost:
+        raise DataError(f"probe file {path} holds the {st.cost!r} cost, this run asks for {cost!r}; "
+                        "use another output file")
     if weighting != st.weighting:
         raise DataError(f"probe file {path} was weighted by the {st.weighting!r} sigma, this run asks for "
                         f"{weighting!r}")
@@ -407,7 +474,8 @@ def _check_same(path: Path, st: ProbeResult, sigmas: np.ndarray | None, weightin
 
 def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samples: int | None,
           path: str | os.PathLike, *, total_samples: int | None = None, seed: int | None = None,
-          batch: int = 256, weighting: str = "lower", meta: dict | None = None,
+          batch: int = 256, weighting: str = "lower", cost: str = "corrector", hutchinson: int = 1,
+          meta: dict | None = None,
           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
           callback: Callable[[int, int], None] | None = None) -> ProbeResult:
     """Estimate the corrector-optimised cost on every interval of a probe grid into an HDF5 file (§3.2).
@@ -426,6 +494,8 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
             an explicit ``seed`` must equal the file's first seed.
         batch: samples per denoiser call (each call sees one sigma, shape ``[batch]``).
         weighting: ``"lower"`` (``v = sigma_i``, the paper's ``v(t')``) or ``"upper"`` (``v = sigma_{i+1}``).
+        cost: ``"corrector"`` (:func:`corrector_costs`, the paper's workhorse) or ``"predictor"``
+            (:func:`predictor_costs`, with ``hutchinson`` Rademacher probes per sample, drawn per seed).
         meta: JSON-serialisable description recorded in the file; its keys ``model``, ``model_sha256`` and
             ``data`` identify what is probed and must match an existing file's (``data`` defaults to the
             sampler's ``description``).
@@ -442,6 +512,10 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
     path = Path(path)
     if weighting not in WEIGHTINGS:
         raise AdaschedError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+    if cost not in COSTS:
+        raise AdaschedError(f"unknown cost {cost!r}; valid: {', '.join(COSTS)}")
+    if not isinstance(hutchinson, int) or hutchinson < 1:
+        raise AdaschedError(f"hutchinson must be a positive integer, got {hutchinson!r}")
     if (num_samples is None) == (total_samples is None):
         raise AdaschedError("give exactly one of num_samples (samples to add) or total_samples")
     n_req = num_samples if num_samples is not None else total_samples
@@ -468,14 +542,14 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
 
     if path.exists():
         st = read_probes(path)
-        _check_same(path, st, sigmas, weighting, identity, seed)
+        _check_same(path, st, sigmas, cost, weighting, identity, seed)
     else:
         if sigmas is None:
             raise AdaschedError(f"probe file {path} does not exist: give the probe sigmas to start it")
         k = sigmas.size - 1
         start = 0 if seed is None else int(seed)
         st = ProbeResult(path=str(path), sigmas=sigmas, count=np.zeros(k, np.int64), sum=np.zeros(k),
-                         sumsq=np.zeros(k), cost="corrector", weighting=weighting, model=str(identity["model"]),
+                         sumsq=np.zeros(k), cost=cost, weighting=weighting, model=str(identity["model"]),
                          data=str(identity["data"]), meta=meta, seed_start=start, next_seed=start,
                          runs=np.zeros((0, 3), np.int64), run_info=[])
 
@@ -491,7 +565,7 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
     from adasched.io import provenance
 
     info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
-                      weighting=weighting, meta=meta)
+                      weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)
     runs = np.concatenate([st.runs, [[first, first, stop]]]).astype(np.int64)
     run_info = st.run_info + [info]
     sigmas = st.sigmas
@@ -505,8 +579,13 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
             costs = np.empty((len(seeds), k))
             for i in range(k):
                 x0, eps = interval_inputs(data_sampler, seeds, i)
-                c = corrector_costs(denoise, x0.to(device), eps.to(device), float(sigmas[i]), float(sigmas[i + 1]),
-                                    weighting=weighting, dtype=dtype)
+                if cost == "corrector":
+                    c = corrector_costs(denoise, x0.to(device), eps.to(device), float(sigmas[i]),
+                                        float(sigmas[i + 1]), weighting=weighting, dtype=dtype)
+                else:
+                    xi = rademacher(derive_seeds(seeds, i, 2), x0.shape[1:], hutchinson)
+                    c = predictor_costs(denoise, x0.to(device), eps.to(device), float(sigmas[i]),
+                                        float(sigmas[i + 1]), xi.to(device), weighting=weighting, dtype=dtype)
                 costs[:, i] = c.cpu().numpy()
             if not np.isfinite(costs).all():
                 bad = np.argwhere(~np.isfinite(costs))[0]

@@ -1,0 +1,122 @@
+"""Schedule quality on analytic targets: the sampling error of every schedule, solver and NFE.
+
+For each target (a 2-D mixture, a 64-D mixture with components of very different widths, a power-law
+Gaussian in 3x32x32 = 3072 dimensions), each solver (euler, heun, dpmpp-2m, ipndm) and NFE from 5 to
+20, the RMSE of the solver's output against the exact probability-flow ODE solution from the same
+latents (evaluation seeds 1000..), for the schedules
+
+  edm (rho 7), loglinear, kl-optimal            closed forms
+  score-optimal, score-optimal-po               the paper's CO and PO costs, probed (200 / 100 intervals)
+  solver-aware                                  CO schedule refined against the model's own high-NFE
+                                                solves on separate seeds (adasched.fitting)
+  oracle                                        fitted to the exact solutions of the evaluation latents
+
+Writes a CSV and prints a Markdown table per target.  Run (about 15-30 minutes on 2 CPU cores):
+
+    .venv/bin/python benchmarks/quality.py --out benchmarks/results/quality.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adasched.fitting import fit_schedule, solver_aware_schedule
+from adasched.metrics import rmse
+from adasched.optimize import score_optimal_from_probes
+from adasched.probe import probe, probe_grid, target_sampler
+from adasched.samplers import SOLVERS, latents, steps_for_nfe
+from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear
+from adasched.targets import GaussianMixture, PowerLawGaussian
+
+NFES = {"euler": [5, 6, 8, 10, 12, 15, 20], "dpmpp-2m": [5, 6, 8, 10, 12, 15, 20],
+        "ipndm": [5, 6, 8, 10, 12, 15, 20], "heun": [5, 7, 9, 11, 15, 19]}
+SCHEDULES = ["edm", "loglinear", "kl-optimal", "score-optimal", "score-optimal-po", "solver-aware", "oracle"]
+RECOMMENDED = "solver-aware"
+
+
+def make_targets():
+    g = torch.Generator().manual_seed(0)
+    mix2 = GaussianMixture([0.2, 0.3, 0.1, 0.4], [[-1.0, 0.5], [1.0, 0.8], [0.0, -1.0], [0.6, -0.2]],
+                           [[0.002, 0.01], [0.05, 0.02], [0.2, 0.1], [0.001, 0.004]])
+    k, d = 8, 64
+    means = torch.randn(k, d, generator=g, dtype=torch.float64) * 0.5
+    widths = torch.logspace(-4, 0, k, dtype=torch.float64)  # component variances from 1e-4 to 1
+    var = widths[:, None] * torch.exp(0.5 * torch.randn(k, d, generator=g, dtype=torch.float64))
+    mix64 = GaussianMixture([1 / k] * k, means.tolist(), var.tolist())
+    return {"mix2d": mix2, "mix64d": mix64, "powerlaw3072": PowerLawGaussian((3, 32, 32), alpha=2.0, scale=1.0)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/quality.csv")
+    ap.add_argument("--eval-seeds", type=int, default=128)
+    ap.add_argument("--fit-seeds", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--targets", nargs="*", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, "
+          f"eval seeds {args.eval_seeds}, fit seeds {args.fit_seeds}, iterations {args.iterations}")
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    for name, target in make_targets().items():
+        if args.targets and name not in args.targets:
+            continue
+        t0 = time.time()
+        sampler = target_sampler(target, name)
+        co, po = tmp / f"{name}-co.h5", tmp / f"{name}-po.h5"
+        probe(target, sampler, probe_grid(200), 256, co, dtype=torch.float64, batch=256)
+        probe(target, sampler, probe_grid(100), 64, po, cost="predictor", dtype=torch.float64, batch=64)
+        print(f"\n## {name} (probes {time.time() - t0:.0f} s)")
+        seeds = list(range(1000, 1000 + args.eval_seeds))
+        z = latents(seeds, target.shape).double()
+        x = z * 80.0
+        exact = target.ode_solution(x, 80.0, 0.0)
+        header = "| solver | NFE | " + " | ".join(SCHEDULES) + " | rec./oracle |"
+        print(header + "\n|" + "---|" * (len(SCHEDULES) + 3))
+        for solver, nfes in NFES.items():
+            fn = SOLVERS[solver].fn
+            for nfe in nfes:
+                steps = steps_for_nfe(solver, nfe)
+                sched = {"edm": sigmas_edm(steps), "loglinear": sigmas_loglinear(steps),
+                         "kl-optimal": sigmas_kl_optimal(steps),
+                         "score-optimal": score_optimal_from_probes(co, steps),
+                         "score-optimal-po": score_optimal_from_probes(po, steps)}
+                # Fitted to the model's own 511-NFE Heun solves on seeds 0.., never to the exact solution.
+                sched["solver-aware"] = solver_aware_schedule(
+                    target, target.shape, solver, sched["score-optimal"], list(range(args.fit_seeds)),
+                    iterations=args.iterations)
+                err = {k: rmse(fn(target, x, s), exact) for k, s in sched.items()}
+                start = min(err, key=err.get)
+                sched["oracle"] = fit_schedule(target, solver, sched[start], x, exact, iterations=args.iterations)
+                err["oracle"] = min(rmse(fn(target, x, sched["oracle"]), exact), err[start])
+                best_other = min(v for k, v in err.items() if k not in ("oracle", RECOMMENDED))
+                ratio = err[RECOMMENDED] / err["oracle"]
+                cells = []
+                for k in SCHEDULES:
+                    cell = f"{err[k]:.3g}"
+                    if k == RECOMMENDED:
+                        cell = f"**{cell}**" if err[k] <= best_other else f"{cell} (miss)"
+                    cells.append(cell)
+                print(f"| {solver} | {nfe} | " + " | ".join(cells) + f" | {ratio:.2f} |", flush=True)
+                for k in SCHEDULES:
+                    rows.append({"target": name, "solver": solver, "nfe": nfe, "schedule": k, "rmse": err[k],
+                                 "sigmas": " ".join(f"{v:.6g}" for v in sched[k].tolist())})
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        print(f"\n({name}: {time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
