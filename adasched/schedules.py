@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from adasched.errors import AdaschedError, ScheduleError
+from adasched.errors import ScheduleError
 
 __all__ = [
     "Schedule",
@@ -37,11 +37,18 @@ SIGMA_MAX = 80.0
 
 
 def validate_sigmas(sigmas: Any) -> torch.Tensor:
-    """Return ``sigmas`` as a float64 CPU tensor after checking the schedule invariants."""
-    try:
-        s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ScheduleError("sigmas must be a list of numbers") from None
+    """Return ``sigmas`` as a float64 CPU tensor after checking the schedule invariants.
+
+    The result is a copy (it never aliases ``sigmas``, so a validated value cannot change afterwards);
+    tensors on any device, and tensors that require grad, are read through ``detach().cpu()``.
+    """
+    if isinstance(sigmas, torch.Tensor):
+        s = sigmas.detach().to(device="cpu", dtype=torch.float64, copy=True)
+    else:
+        try:
+            s = torch.from_numpy(np.array(sigmas, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ScheduleError("sigmas must be a list of numbers") from None
     if s.ndim != 1 or s.numel() < 2:
         raise ScheduleError(f"sigmas must be a 1-D list of at least 2 values, got shape {tuple(s.shape)}")
     if not torch.isfinite(s).all():
@@ -198,13 +205,14 @@ def resample(sigmas: Any, n: int) -> torch.Tensor:
     """
     from scipy.interpolate import PchipInterpolator
 
-    s = validate_sigmas(sigmas)[:-1].numpy()
-    if not isinstance(n, int) or n < 1:
+    full = validate_sigmas(sigmas)
+    s = full[:-1].numpy()
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ScheduleError(f"number of steps must be a positive integer, got {n!r}")
+    if n == s.size:
+        return full  # the input exactly (a copy): exp(log(sigma)) would move values by an ulp
     if s.size == 1:
-        if n != 1:
-            raise AdaschedError("cannot resample a one-step schedule: it has no shape to keep")
-        return validate_sigmas(sigmas)
+        raise ScheduleError(f"cannot resample a one-step schedule to {n} steps: it has no shape to keep")
     u = np.linspace(0, 1, s.size)
     f = PchipInterpolator(u, np.log(s))
     out = np.exp(f(np.linspace(0, 1, n))) if n > 1 else s[:1]

@@ -153,3 +153,80 @@ def test_help_has_examples(capsys):
             main([cmd, "--help"])
         assert e.value.code == 0
         assert f"adasched {cmd} --" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ probe, probed schedules, evaluate
+
+
+def test_probe_appends_and_score_optimal_schedule(tmp_path, capsys, mixture):
+    h5 = tmp_path / "p.h5"
+    base = ["probe", "--model", f"gmm:{mixture}", "--grid", 20, "--samples", 8, "--batch", 5, "-o", h5]
+    assert run(base, capsys)[0] == 0
+    assert run(base, capsys)[0] == 0  # a second run adds samples
+    from adasched.probe import read_probes
+
+    pr = read_probes(h5)
+    assert (pr.count == 16).all() and pr.cost == "corrector" and pr.sigmas.size == 21
+    out = tmp_path / "co.json"
+    rc, err = run(["schedule", "--method", "score-optimal", "--probes", h5, "--solver", "heun", "--nfe", 9,
+                   "-o", out], capsys)
+    assert rc == 0 and err == ""
+    s = Schedule.load(out)
+    assert s.method == "score-optimal" and s.steps == 5 and s.nfe == 9
+    assert float(s.sigmas[0]) == pytest.approx(80) and float(s.sigmas[-2]) == pytest.approx(0.002)
+    assert s.params["probes_sha256"] and s.params["samples_per_interval"] == 16
+
+
+def test_solver_aware_schedule_beats_its_start(tmp_path, capsys, mixture):
+    from adasched.metrics import ode_error
+    from adasched.samplers import latents, sample_dpmpp_2m
+
+    h5, out = tmp_path / "p.h5", tmp_path / "sa.json"
+    assert run(["probe", "--model", f"gmm:{mixture}", "--grid", 40, "--samples", 32, "-o", h5], capsys)[0] == 0
+    rc, err = run(["schedule", "--method", "solver-aware", "--probes", h5, "--model", f"gmm:{mixture}",
+                   "--solver", "dpmpp-2m", "--nfe", 6, "--fit-seeds", 32, "--fit-iterations", 60, "-o", out], capsys)
+    assert rc == 0, err
+    s = Schedule.load(out)
+    g = GaussianMixture(**MIXTURE)
+    z = latents(range(64), (2,)).double()  # evaluation seeds differ from the fit seeds (1000000..)
+    fitted = ode_error(g, sample_dpmpp_2m(g, z * 80, s.sigmas), z, 80.0)
+    start = ode_error(g, sample_dpmpp_2m(g, z * 80, torch.tensor(s.params["initial_sigmas"])), z, 80.0)
+    assert fitted < start
+
+
+def test_evaluate_writes_metrics_with_provenance(tmp_path, capsys, mixture):
+    sched, lo, hi = tmp_path / "s.json", tmp_path / "lo.npz", tmp_path / "hi.npz"
+    assert run(["schedule", "--method", "edm", "--solver", "heun", "--steps", 4, "-o", sched], capsys)[0] == 0
+    hi_sched = tmp_path / "hi.json"
+    assert run(["schedule", "--method", "edm", "--solver", "heun", "--steps", 64, "-o", hi_sched], capsys)[0] == 0
+    for s, o in ((sched, lo), (hi_sched, hi)):
+        assert run(["sample", "--model", f"gmm:{mixture}", "--schedule", s, "--solver", "heun", "--num", 16,
+                    "-o", o], capsys)[0] == 0
+    met = tmp_path / "m.json"
+    rc, err = run(["evaluate", "--samples", lo, "--model", f"gmm:{mixture}", "--reference", hi, "-o", met], capsys)
+    assert rc == 0, err
+    m = json.loads(met.read_text())
+    assert m["nfe"] == 7 and m["reference_nfe"] == 127 and m["num_samples"] == 16
+    assert set(m["metrics"]) == {"ode_rmse", "target_sliced_w2", "reference_rmse"}
+    assert m["metrics"]["reference_rmse"] == pytest.approx(m["metrics"]["ode_rmse"], rel=0.2)
+    assert len(m["inputs"]["samples_sha256"]) == 64 and "adasched" in m["provenance"]
+
+
+def test_probed_method_bad_inputs(tmp_path, capsys, mixture):
+    h5 = tmp_path / "p.h5"
+    assert run(["probe", "--model", f"gmm:{mixture}", "--grid", 5, "--samples", 2, "-o", h5], capsys)[0] == 0
+    cases = [
+        (["schedule", "--method", "score-optimal", "--solver", "euler", "--nfe", 5], "needs --probes"),
+        (["schedule", "--method", "score-optimal-po", "--probes", h5, "--solver", "euler", "--nfe", 5], "'predictor'"),
+        (["schedule", "--method", "solver-aware", "--probes", h5, "--solver", "euler", "--nfe", 5], "needs --model"),
+        (["probe", "--model", f"gmm:{mixture}", "--grid", 7, "--samples", 2, "-o", h5], "grid"),
+        (["probe", "--model", f"gmm:{mixture}", "--data", "nope", "--grid", 5, "--samples", 2], "valid:"),
+        (["evaluate", "--samples", tmp_path / "none.npz", "--model", f"gmm:{mixture}"], "not found"),
+    ]
+    for argv, needle in cases:
+        out = tmp_path / "out.x"
+        if argv[0] != "probe" or "-o" not in argv:
+            argv = argv + ["-o", out]
+        rc, err = run(argv, capsys)
+        assert rc != 0 and len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+        assert not out.exists()

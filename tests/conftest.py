@@ -1,0 +1,40 @@
+"""Shared fixtures: small analytic targets with exact denoisers (float64, CPU, built deterministically)."""
+
+import pytest
+import torch
+
+from adasched.targets import GaussianMixture
+
+
+@pytest.fixture(scope="session")
+def gaussian_8d():
+    """One Gaussian in 8-D, per-axis variances 0.25..1 and a non-zero mean: closed-form ODE solution."""
+    var = torch.linspace(0.25, 1.0, 8, dtype=torch.float64)
+    mu = torch.linspace(-0.5, 0.5, 8, dtype=torch.float64)
+    return GaussianMixture([1.0], [mu.tolist()], [var.tolist()])
+
+
+@pytest.fixture(scope="session")
+def mixture_2d():
+    """Three well separated 2-D components whose widths differ by a factor of 10 (variances 0.01..1)."""
+    return GaussianMixture([0.3, 0.5, 0.2], [[-1.5, 0.0], [1.0, 0.8], [0.3, -1.2]],
+                           [[0.01, 0.04], [0.25, 0.5], [1.0, 0.09]])
+
+
+@pytest.fixture(scope="session")
+def mixture_64d():
+    """Five 64-D components, typical variances 0.01 to 1 (log-spaced) with per-axis jitter, fixed seed."""
+    g = torch.Generator().manual_seed(0)
+    k, d = 5, 64
+    w = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
+    mu = torch.randn(k, d, generator=g, dtype=torch.float64)
+    scale = torch.logspace(-2, 0, k, dtype=torch.float64)
+    var = scale[:, None] * torch.exp(0.3 * torch.randn(k, d, generator=g, dtype=torch.float64))
+    return GaussianMixture((w / w.sum()).tolist(), mu.tolist(), var.tolist())
+
+
+@pytest.fixture(scope="session")
+def mixture_3d():
+    """A small 3-D mixture (unequal weights and widths) for cross-checks that run one sample at a time."""
+    return GaussianMixture([0.2, 0.45, 0.35], [[-1.0, 0.5, 0.0], [0.8, -0.3, 1.2], [0.1, 1.5, -0.7]],
+                           [[0.02, 0.3, 0.1], [0.5, 0.05, 0.8], [0.15, 1.0, 0.04]])
