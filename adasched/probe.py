@@ -265,8 +265,9 @@ def predictor_costs(denoise: Callable, x0: torch.Tensor, eps: torch.Tensor, sigm
         grad_div = torch.zeros_like(x64)
         for xi in probes.to(device=x.device, dtype=dtype):
             (j_xi,) = torch.autograd.grad(s, x, grad_outputs=xi, create_graph=True, retain_graph=True)
-            (g,) = torch.autograd.grad((j_xi * xi).sum(), x, retain_graph=True)
-            grad_div += g.to(torch.float64) / probes.shape[0]
+            if j_xi.requires_grad:  # else the score is linear in x (a Gaussian): grad tr(grad s) = 0
+                (g,) = torch.autograd.grad((j_xi * xi).sum(), x, retain_graph=True)
+                grad_div += g.to(torch.float64) / probes.shape[0]
     s64 = s.detach().to(torch.float64)
     y = x64 - h * sigma_hi * s64
     pushed = s64 + h * sigma_hi * (jts.detach().to(torch.float64) + grad_div)

@@ -407,3 +407,21 @@ def test_probe_file_keeps_cost_variants_apart(tmp_path):
     again = probe(g, target_sampler(g, "g"), sig, 8, tmp_path / "po2.h5", cost="predictor", batch=8,
                   dtype=torch.float64)
     np.testing.assert_array_equal(res.sum, again.sum)
+
+
+def test_predictor_cost_power_law_gaussian_closed_form():
+    """An image-shaped Gaussian, whose score is linear in x (so the Hessian's trace has no gradient):
+    per eigendirection k_l = (1 + h sigma/a_hi)/a_lo - (1 - h sigma/a_hi)/a_hi with a = lambda + sigma^2."""
+    from adasched.targets import PowerLawGaussian
+
+    p = PowerLawGaussian((2, 4, 4), alpha=1.5, scale=0.7, mean=0.1)
+    gen = torch.Generator().manual_seed(3)
+    x0 = p.sample(8, gen)
+    eps = torch.randn(8, 2, 4, 4, generator=gen, dtype=torch.float64)
+    lo, hi = 0.6, 0.9
+    got = predictor_costs(p, x0, eps, lo, hi, rademacher(np.arange(8), (2, 4, 4), 1))
+    lam = p.eigenvalues
+    a_hi, a_lo, h = lam + hi**2, lam + lo**2, lo - hi
+    k = (1 + h * hi / a_hi) / a_lo - (1 - h * hi / a_hi) / a_hi
+    y = p.to_spectral(x0 + hi * eps)
+    torch.testing.assert_close(got, lo**2 * (k**2 * y**2).flatten(1).sum(1), rtol=1e-10, atol=0)
