@@ -16,6 +16,13 @@ from adasched.errors import AdaschedError
 log = logging.getLogger("adasched")
 
 EXAMPLES = {
+    "train": """examples:
+  adasched train --data digits --steps 4000 --batch 128 --seed 0 -o digits.safetensors
+  adasched train --data digits --steps 4000 --online-schedule --schedule-out learned.json -o digits-online.safetensors
+  adasched train --data digits --steps 4000 --checkpoint ck.safetensors -o digits.safetensors   # resumes ck if present
+  adasched train --data digits --steps 200 --grid samples.png -v -o quick.safetensors
+  adasched sample --model adasched:digits.safetensors --schedule edm-heun-nfe35.json --solver heun --num 64 -o x.npz
+""",
     "schedule": """examples:
   adasched schedule --method edm --rho 7 --solver heun --nfe 35 -o edm-heun-nfe35.json
   adasched schedule --method loglinear --solver dpmpp-2m --steps 10 --sigma-min 0.002 --sigma-max 80 -o ll.json
@@ -30,6 +37,10 @@ EXAMPLES = {
     "evaluate": """examples:
   adasched evaluate --samples samples.npz --model gmm:mixture.json -o metrics.json
   adasched evaluate --samples nfe9.npz --reference nfe511.npz -o metrics.json
+  # EDM's protocol: three files of 50k samples (seeds 0-49999, 50000-99999, 100000-149999), minimum reported
+  adasched evaluate --samples s0.npz s1.npz s2.npz --fid legacy_tensorflow --fid-ref edm:cifar10-32x32 -o m.json
+  adasched evaluate --samples s.npz --fid clean --fid-ref cleanfid:cifar10/32/train --num-images 10000 -o m.json
+  adasched evaluate --samples digits.npz --digits-fd --seed-ranges 3 --num-images 500 -o m.json   # offline
 """,
     "sample": """examples:
   adasched sample --model gmm:mixture.json --schedule edm-heun-nfe35.json --solver heun --num 1000 -o samples.npz
@@ -103,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-min", type=_float, default=SIGMA_MIN, help=f"lowest positive sigma (default {SIGMA_MIN})")
     p.add_argument("--sigma-max", type=_float, default=SIGMA_MAX, help=f"highest sigma (default {SIGMA_MAX:g})")
     p.add_argument("--probes", help="probe file (.h5 from 'adasched probe') for the probed methods")
+    p.add_argument("--probes-po", help="solver-aware: predictor-cost probe file, its schedule is one more start")
     p.add_argument("--model", help="solver-aware: model SPEC whose own solves the schedule is fitted to")
     p.add_argument("--fit-seeds", type=_positive_int, default=64,
                    help="solver-aware: trajectories to fit on (seeds from 1000000 on; default 64)")
@@ -136,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples along a schedule with a solver",
                        parents=[common], epilog=EXAMPLES["sample"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="model SPEC: gmm:PATH.json, powerlaw:PATH.json, edm:NAME|URL|PATH[#sha256=HEX]")
+                   help="model SPEC: gmm:PATH.json, powerlaw:PATH.json, edm:NAME|URL|PATH[#sha256=HEX], "
+                        "adasched:PATH (from 'adasched train')")
     p.add_argument("--schedule", required=True, help="schedule JSON (from 'adasched schedule')")
     p.add_argument("--solver", required=True, choices=list(SOLVERS), help="solver")
     p.add_argument("--num", required=True, type=_positive_int, help="number of samples")
@@ -151,11 +164,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measure samples: exact errors (analytic models), error against a reference",
                        parents=[common], epilog=EXAMPLES["evaluate"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", required=True, help="samples NPZ (from 'adasched sample')")
+    p.add_argument("--samples", required=True, nargs="+",
+                   help="samples NPZ (from 'adasched sample'); for --fid/--digits-fd, one file per seed range")
     p.add_argument("--model", help="analytic model SPEC: exact ODE error and distance to the target")
     p.add_argument("--reference", help="reference samples NPZ from the same seeds (e.g. a high-NFE run)")
     p.add_argument("-o", "--output", required=True, help="metrics JSON to write")
+    _add_image_metric_options(p)
+    _add_train_parser(sub, common)
     return parser
+
+
+def _add_train_parser(sub, common) -> None:
+    from adasched.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a small network (EDM loss) on bundled data, optionally learning its "
+                                     "schedule online (paper's Algorithm 2)",
+                       parents=[common], epilog=EXAMPLES["train"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=d.data, choices=["digits"], help=f"training data (default {d.data}: "
+                                                                      "scikit-learn's bundled 8x8 digits, no download)")
+    p.add_argument("--preset", default=d.preset, help=f"network preset of adasched.networks (default {d.preset})")
+    p.add_argument("--steps", type=_positive_int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"images per step (default {d.batch})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of initialisation, batches and noise (default {d.seed})")
+    p.add_argument("--lr", type=_float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--lr-warmup", type=int, default=d.lr_warmup, help=f"linear warm-up steps (default {d.lr_warmup})")
+    p.add_argument("--online-schedule", action="store_true",
+                   help="learn a schedule during training (Algorithm 2) and save it with the model")
+    p.add_argument("--online-levels", type=_positive_int, default=d.online_levels,
+                   help=f"intervals T of the learned schedule (default {d.online_levels})")
+    p.add_argument("--online-gamma", type=_float, default=d.online_gamma,
+                   help=f"blend weight gamma of each schedule update (default {d.online_gamma:g})")
+    p.add_argument("--online-fraction", type=_float, default=d.online_fraction,
+                   help=f"share of each batch trained at the learned schedule's levels (default {d.online_fraction:g})")
+    p.add_argument("--schedule-out", help="with --online-schedule: also write the learned schedule as schedule JSON")
+    p.add_argument("--checkpoint", help="checkpoint file: resumed from if it exists, rewritten every --checkpoint-every steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default --log-every)")
+    p.add_argument("--log-every", type=_positive_int, default=d.log_every,
+                   help=f"steps between loss reports (-v shows them; default {d.log_every})")
+    p.add_argument("--grid", help="also write a PNG grid of 64 samples (Heun, 18 steps = 35 NFE, seeds 0..63)")
+    p.add_argument("--device", default="auto", help="torch device, or 'auto': CUDA when available (default)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+
+
+def _add_image_metric_options(p):
+    g = p.add_argument_group("image metrics (adasched.fid: FID through clean-fid; offline digits_fd)")
+    g.add_argument("--fid", choices=["legacy_tensorflow", "clean"],
+                   help="FID with this clean-fid protocol (legacy_tensorflow: comparable with published numbers)")
+    g.add_argument("--fid-ref", help="FID reference statistics: edm:NAME (EDM fid-refs, legacy_tensorflow only), "
+                                     "cleanfid:DATASET/RES/SPLIT, or an .npz with mu and sigma "
+                                     "(default: the edm: model's own, from the samples' provenance)")
+    g.add_argument("--digits-fd", action="store_true",
+                   help="Fréchet distance in the digits classifier's feature space (offline; named digits_fd, not FID)")
+    g.add_argument("--classifier", help="digits classifier .safetensors (default: train one, seed 0)")
+    g.add_argument("--num-images", type=_positive_int,
+                   help="images per seed range (default 50000 for --fid, fewer is an error; all for --digits-fd)")
+    g.add_argument("--seed-ranges", type=_positive_int,
+                   help="split one samples file into K consecutive, disjoint seed ranges of --num-images each")
+    g.add_argument("--resources", default="resources/fid",
+                   help="folder of the Inception weights and reference statistics (default resources/fid)")
+    g.add_argument("--lockfile", help="lock file of resource hashes (default RESOURCES/adasched-lock.json)")
+    g.add_argument("--offline", action="store_true",
+                   help="never download: a missing resource is an error naming its path and URL")
+    g.add_argument("--device", default="auto", help="torch device, or 'auto': CUDA when available (default)")
+    g.add_argument("--batch", type=_positive_int, default=100, help="images per feature batch (default 100)")
 
 
 #: Schedule methods computed from a probe file, and the cost variant each needs.
@@ -196,7 +269,12 @@ def _probed_schedule(args, opts):
         return base
     model = load_model(args.model, device="cpu", trust=False)
     seeds = list(range(1_000_000, 1_000_000 + args.fit_seeds))
-    sigmas = solver_aware_schedule(model, model.shape, args.solver, base.sigmas, seeds,
+    extra = []
+    if args.probes_po:
+        if read_probes(args.probes_po).cost != "predictor":
+            raise AdaschedError(f"--probes-po {args.probes_po} does not hold the 'predictor' cost")
+        extra.append(score_optimal_schedule(args.probes_po, args.solver, steps=base.steps, **given).sigmas)
+    sigmas = solver_aware_schedule(model, model.shape, args.solver, base.sigmas, seeds, candidates=extra,
                                    iterations=args.fit_iterations, **opts)
     params = dict(base.params, model=args.model, fit_seeds=[seeds[0], seeds[-1] + 1],
                   fit_iterations=args.fit_iterations, initial_sigmas=[float(v) for v in base.sigmas])
@@ -276,19 +354,70 @@ def cmd_probe(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from adasched.io import provenance, sha256_file, write_json
-    from adasched.metrics import evaluate_samples
+    from adasched import __version__
+    from adasched.io import provenance, sha256_file
+    from adasched.metrics import MetricsRecord, evaluate_samples
     from adasched.models import load_model
 
-    model = load_model(args.model) if args.model else None
-    out = evaluate_samples(args.samples, model, args.reference)
-    inputs = {"samples": args.samples, "samples_sha256": sha256_file(args.samples), "model": args.model}
+    image = bool(args.fid or args.digits_fd)
+    if len(args.samples) > 1 and (args.model or args.reference or not image):
+        raise AdaschedError("--model and --reference measure one --samples file; several files are the seed "
+                            "ranges of --fid or --digits-fd")
+    out, images = {"metrics": {}}, {}
+    if args.model or args.reference or not image:
+        model = load_model(args.model) if args.model else None
+        out = evaluate_samples(args.samples[0], model, args.reference)
+    if image:
+        from adasched.fid import image_metrics
+
+        images, runs = image_metrics(args.samples, fid=args.fid, fid_ref=args.fid_ref, digits_fd=args.digits_fd,
+                                     classifier=args.classifier, num_images=args.num_images,
+                                     seed_ranges=args.seed_ranges, resources=args.resources, lockfile=args.lockfile,
+                                     download=not args.offline, device=_device(args.device), batch_size=args.batch)
+        out = {**runs, **out, "metrics": {**out["metrics"], **{k: m.value for k, m in images.items()}}}
+    one = len(args.samples) == 1
+    hashes = [sha256_file(s) for s in args.samples]
+    inputs = {"samples": args.samples[0] if one else args.samples, "samples_sha256": hashes[0] if one else hashes,
+              "model": args.model}
     if args.reference:
         inputs.update(reference=args.reference, reference_sha256=sha256_file(args.reference))
-    write_json(args.output, dict(out, inputs=inputs, provenance=provenance(command="evaluate")))
+    MetricsRecord(metrics=out.pop("metrics"), num_samples=out.pop("num_samples"), seeds=out.pop("seeds"),
+                  package_version=__version__, image_metrics=images,
+                  extra=dict(out, inputs=inputs, provenance=provenance(command="evaluate"))).write(args.output)
 
 
-COMMANDS = {"schedule": cmd_schedule, "sample": cmd_sample, "probe": cmd_probe, "evaluate": cmd_evaluate}
+def cmd_train(args) -> None:
+    import os
+
+    import torch
+
+    from adasched.train import TrainConfig, learned_schedule, sample_model, save_grid, train
+
+    if args.schedule_out and not args.online_schedule:
+        raise AdaschedError("--schedule-out needs --online-schedule (there is no learned schedule otherwise)")
+    outputs = [f for f in (args.output, args.checkpoint, args.schedule_out, args.grid) if f]
+    for f in outputs:
+        if os.path.isdir(f):
+            raise AdaschedError(f"output {f} is a directory; give a file name")
+    if len({os.path.abspath(f) for f in outputs}) < len(outputs):
+        raise AdaschedError("-o, --checkpoint, --schedule-out and --grid must be different files")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(preset=args.preset, data=args.data, steps=args.steps, batch=args.batch, seed=args.seed,
+                         lr=args.lr, lr_warmup=args.lr_warmup, online_schedule=args.online_schedule,
+                         online_levels=args.online_levels, online_gamma=args.online_gamma,
+                         online_fraction=args.online_fraction, log_every=args.log_every)
+    device = _device(args.device)
+    model = train(config, args.output, device=device, checkpoint=args.checkpoint,
+                  checkpoint_every=args.checkpoint_every)
+    if args.schedule_out:
+        learned_schedule(args.output).save(args.schedule_out)
+    if args.grid:
+        save_grid(sample_model(model, 64, device=device), args.grid)
+
+
+COMMANDS = {"schedule": cmd_schedule, "sample": cmd_sample, "probe": cmd_probe, "evaluate": cmd_evaluate,
+            "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
                 stem = out / method / f"{solver}-nfe{nfe}"
                 sched, samples, metrics = stem.with_suffix(".json"), stem.with_suffix(".npz"), Path(f"{stem}.metrics.json")
                 extra = {"score-optimal": ["--probes", co], "score-optimal-po": ["--probes", po],
-                         "solver-aware": ["--probes", co, "--model", model]}.get(method, [])
+                         "solver-aware": ["--probes", co, "--probes-po", po, "--model", model]}.get(method, [])
                 if not sched.exists():
                     run("schedule", "--method", method, "--solver", solver, "--nfe", nfe, *extra, "-o", sched)
                 if not samples.exists():

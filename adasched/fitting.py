@@ -28,7 +28,7 @@ from adasched.errors import AdaschedError
 from adasched.samplers import PerSampleGenerator, get_solver, latents
 from adasched.schedules import sigmas_edm, validate_sigmas
 
-__all__ = ["fit_schedule", "oracle_schedule", "solver_aware_schedule", "reference_solution"]
+__all__ = ["fit_schedule", "oracle_schedule", "solver_aware_schedule", "candidate_schedules", "reference_solution"]
 
 log = logging.getLogger(__name__)
 
@@ -109,26 +109,45 @@ def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_
     return fit_schedule(target, solver, init, x, exact, generator_seeds=seeds, **kw)
 
 
-def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
-                          reference: Callable | None = None, candidates: Sequence | None = None,
-                          **kw) -> torch.Tensor:
-    """Refine a schedule for ``solver`` against the model's own high-NFE solves on ``probe_seeds``.
+def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[torch.Tensor]:
+    """Closed-form starting points for :func:`solver_aware_schedule`.
 
-    The start is whichever of ``init_sigmas`` (the score-optimal schedule) and ``candidates`` (default: EDM's
-    rho = 7, log-linear and KL-optimal schedules on the same range and step count) has the lowest error on
-    the probe seeds: gradient descent only finds a nearby minimum, and which basin is best depends on the
-    solver.  ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only
-    the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
+    EDM's polynomial schedule for rho in (1, 2, 3, 5, 7, 10), log-linear and KL-optimal, each ending at
+    ``sigma_min`` and, where larger, at 0.02 and 0.2: where a solver should stop before its final jump to
+    0 depends on the solver and the NFE.
     """
     from adasched.schedules import sigmas_kl_optimal, sigmas_loglinear
 
+    out = []
+    for stop in sorted({sigma_min, max(sigma_min, 0.02), max(sigma_min, 0.2)}):
+        if not stop < sigma_max:
+            continue
+        out += [sigmas_edm(steps, stop, sigma_max, rho=rho) for rho in (1.0, 2.0, 3.0, 5.0, 7.0, 10.0)]
+        out += [sigmas_loglinear(steps, stop, sigma_max), sigmas_kl_optimal(steps, stop, sigma_max)]
+    return out
+
+
+def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
+                          reference: Callable | None = None, candidates: Sequence | None = None,
+                          starts: int = 3, iterations: int = 200, **kw) -> torch.Tensor:
+    """A schedule for ``solver`` fitted to the model's own high-NFE solves on ``probe_seeds``.
+
+    The sampling error is far from convex in the noise levels, and gradient descent keeps the basin it
+    starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
+    ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
+    one solve on the probe seeds; the ``starts`` best are each refined by :func:`fit_schedule`, and the
+    refined schedule with the lowest error on the probe seeds is returned.  ``reference(x_start,
+    sigma_max)`` gives the targets (default :func:`reference_solution`); only the denoiser is needed.  Use
+    probe seeds disjoint from the evaluation seeds.
+    """
     init = validate_sigmas(init_sigmas)
     z = latents(probe_seeds, shape).double()
     x = z * init[0]
     ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
     steps, lo, hi = init.numel() - 1, float(init[-2]), float(init[0])
-    if candidates is None:
-        candidates = [f(steps, lo, hi) for f in (sigmas_edm, sigmas_loglinear, sigmas_kl_optimal)] if lo < hi else []
+    pool = [init, *map(validate_sigmas, candidates or [])]
+    if steps > 1:
+        pool += candidate_schedules(steps, lo, hi)
     spec = get_solver(solver)
     options = {k: v for k, v in kw.items() if k in spec.options}
 
@@ -137,5 +156,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
         with torch.no_grad():
             return float((spec.fn(denoise, x, s, generator=gen, **options) - ref).pow(2).mean())
 
-    start = min([init, *map(validate_sigmas, candidates)], key=error)
-    return fit_schedule(denoise, solver, start, x, ref, generator_seeds=probe_seeds, **kw)
+    ranked = sorted(pool, key=error)[:max(1, starts)]
+    fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=probe_seeds, iterations=iterations, **kw)
+              for s in ranked]
+    return min(fitted, key=error)

@@ -7,8 +7,9 @@ latents (evaluation seeds 1000..), for the schedules
 
   edm (rho 7), loglinear, kl-optimal            closed forms
   score-optimal, score-optimal-po               the paper's CO and PO costs, probed (200 / 100 intervals)
-  solver-aware                                  CO schedule refined against the model's own high-NFE
-                                                solves on separate seeds (adasched.fitting)
+  solver-aware                                  the best of CO, PO and closed-form starts, refined
+                                                against the model's own high-NFE solves on separate
+                                                seeds (adasched.fitting)
   oracle                                        fitted to the exact solutions of the evaluation latents
 
 Writes a CSV and prints a Markdown table per target.  Run (about 15-30 minutes on 2 CPU cores):
@@ -94,7 +95,7 @@ def main():
                 # Fitted to the model's own 511-NFE Heun solves on seeds 0.., never to the exact solution.
                 sched["solver-aware"] = solver_aware_schedule(
                     target, target.shape, solver, sched["score-optimal"], list(range(args.fit_seeds)),
-                    iterations=args.iterations)
+                    candidates=[sched["score-optimal-po"]], iterations=args.iterations)
                 err = {k: rmse(fn(target, x, s), exact) for k, s in sched.items()}
                 start = min(err, key=err.get)
                 sched["oracle"] = fit_schedule(target, solver, sched[start], x, exact, iterations=args.iterations)
