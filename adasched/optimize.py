@@ -28,6 +28,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ __all__ = [
     "score_optimal_from_probes",
     "score_optimal_schedule",
     "COST_FLOOR",
+    "refine_schedule",
+    "Refinement",
 ]
 
 log = logging.getLogger(__name__)
@@ -373,3 +376,45 @@ def score_optimal_schedule(path: str | os.PathLike, solver: str, *, nfe: int | N
         sigmas = score_optimal_sigmas(pr.sigmas, pr.mean, steps, **kw)
     return Schedule(sigmas=sigmas, method=method, solver=solver, nfe=int(nfe), params=params,
                     provenance=provenance(probes_provenance=pr.provenance))
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Result of :func:`refine_schedule`: the final schedule and, per round, the probe file and movement."""
+
+    sigmas: torch.Tensor
+    rounds: list
+    converged: bool
+
+
+def refine_schedule(denoise, data_sampler, steps: int, workdir: str | os.PathLike, *, intervals: int = 100,
+                    samples: int = 128, substeps: int = 8, tol: float = 0.01, max_rounds: int = 5,
+                    sigma_min: float = 0.002, sigma_max: float = 80.0, **probe_options) -> Refinement:
+    """Fixed-point refinement of the score-optimal schedule (paper.md §3.6 step 4, optional).
+
+    Round 0 probes a log-spaced grid of ``intervals`` intervals and reads out the ``steps``-step schedule;
+    each further round probes a new grid made of the current schedule's points, each interval split into
+    ``substeps`` log-uniform sub-intervals (so the probes concentrate where the schedule is dense), and
+    reads the schedule out again.  It stops when no point moves by more than ``tol`` in relative terms
+    (``converged``) or after ``max_rounds`` rounds.  Probe files are ``workdir/round<r>.h5``; more samples
+    on the same grid are added by running again (see :func:`adasched.probe.probe`).
+    """
+    from adasched.online import refine_levels
+    from adasched.probe import probe, probe_grid
+
+    workdir = Path(workdir)
+    grid = probe_grid(intervals, sigma_min, sigma_max)
+    current, rounds = None, []
+    for r in range(max_rounds + 1):
+        res = probe(denoise, data_sampler, grid, None, workdir / f"round{r}.h5", total_samples=samples,
+                    **probe_options)
+        new = score_optimal_sigmas(res.sigmas, res.mean, steps)
+        move = None if current is None else float((new[:-1] / current[:-1] - 1).abs().max())
+        rounds.append({"probes": str(workdir / f"round{r}.h5"), "grid_points": int(res.sigmas.size),
+                       "max_relative_move": move, "Lambda": float(cumulative_length(res.mean)[-1])})
+        log.info("refine round %d: %d probe points, max relative move %s", r, res.sigmas.size, move)
+        current = new
+        if move is not None and move < tol:
+            return Refinement(current, rounds, True)
+        grid = refine_levels(current[:-1].flip(0), substeps).numpy()
+    return Refinement(current, rounds, False)
