@@ -1,26 +1,163 @@
-"""Data SPECs for probing: where the clean samples ``x0`` of the cost estimator come from.
+"""Data SPECs for probing and reference statistics: where the clean samples ``x0`` come from.
 
-===================  ========================================================================
-``target``           the analytic model's own exact sampler (``gmm:``, ``powerlaw:`` models)
-``npz:PATH[:KEY]``   an array ``[N, ...]`` in an NPZ file (key ``KEY``, default the first array)
-``digits``           scikit-learn's bundled 8x8 digits, scaled to [-1, 1], shape ``[1, 8, 8]``
-``model``            the model's own samples: Heun on EDM's rho = 7 schedule, 128 steps, one
-                     seed per sample (costly: for models with no data at hand)
-===================  ========================================================================
+=========================  ==================================================================
+``target``                 the analytic model's own exact sampler (``gmm:``, ``powerlaw:`` models)
+``npz:PATH[:KEY]``         an array ``[N, ...]`` in an NPZ file (key ``KEY``, default the first
+                           array); ``uint8`` arrays are 8-bit pixels, scaled to [-1, 1] as
+                           images are; an integer array ``labels`` ``[N]`` in the same file
+                           gives class labels
+``digits``                 scikit-learn's bundled 8x8 digits, scaled to [-1, 1], shape
+                           ``[1, 8, 8]``, with their labels 0..9
+``images:PATH``            a folder (searched recursively) or a ``.zip`` of PNG/JPEG images
+                           (also BMP, WebP), all of one size, in the order of their sorted
+                           relative paths; 8-bit pixels ``p`` become ``p / 127.5 - 1``
+                           (grey-level images one channel, others RGB); labels from a
+                           ``dataset.json`` beside them in EDM's format
+                           (``{"labels": [["NAME", CLASS], ...]}``)
+``cifar10[:train|test]``   CIFAR-10 (default ``train``, 50,000 images ``[3, 32, 32]``, labels
+                           0..9) through torchvision, downloaded into ``ROOT/cifar10`` on first
+                           use (``ROOT``: ``root=``, else ``$ADASCHED_DATA_DIR``, else
+                           ``resources/data``)
+``model``                  the model's own samples: Heun on EDM's rho = 7 schedule, 128 steps,
+                           one seed per sample (costly: for models with no data at hand)
+=========================  ==================================================================
 
-Each SPEC gives a data sampler ``seeds -> x0`` that is deterministic per seed (:mod:`adasched.probe`).
+Each SPEC gives a data sampler ``seeds -> x0`` that is deterministic per seed
+(:mod:`adasched.probe`).  Samplers over a dataset (every kind but ``target`` and ``model``) are
+:class:`LabelledSampler` objects: ``sampler.labels(seeds)`` gives the class labels ``[len(seeds)]``
+(int64) of exactly the rows ``sampler(seeds)`` returns, or ``None`` when the source has none;
+:func:`sample_labels` asks any sampler.  A class-conditional model is then called as
+``D.with_labels(sampler.labels(seeds))``.
+
+:func:`load_dataset` gives the whole dataset in its fixed order (for reference statistics):
+images stay 8-bit (``uint8`` ``[N, C, H, W]``) in :attr:`Dataset.data`, :meth:`Dataset.x0`
+scales them.
 """
 
 from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from adasched.errors import DataError
+from adasched.probe import DatasetSampler
 
-__all__ = ["load_data_sampler", "digits", "ModelSampler", "DATA_KINDS"]
+__all__ = ["load_data_sampler", "load_dataset", "Dataset", "LabelledSampler", "sample_labels", "digits",
+           "digit_labels", "load_images", "cifar10", "default_data_dir", "ModelSampler", "DATA_KINDS",
+           "IMAGE_SUFFIXES"]
 
-DATA_KINDS = ("target", "npz:PATH[:KEY]", "digits", "model")
+logger = logging.getLogger(__name__)
+
+DATA_KINDS = ("target", "npz:PATH[:KEY]", "digits", "images:PATH", "cifar10[:train|test]", "model")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_GREY_MODES = ("1", "L", "LA")
+_COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def default_data_dir() -> Path:
+    """``$ADASCHED_DATA_DIR``, else ``resources/data`` under the working directory."""
+    return Path(os.environ.get("ADASCHED_DATA_DIR", "resources/data"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and their samplers
+
+
+def _to_x0(data: torch.Tensor) -> torch.Tensor:
+    """Float64 model-space values: 8-bit pixels ``p`` become ``p / 127.5 - 1`` (EDM's scaling)."""
+    if data.dtype == torch.uint8:
+        return data.to(torch.float64) / 127.5 - 1
+    return data.to(torch.float64) if not data.is_floating_point() else data
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A whole dataset in its fixed order: ``data`` ``[N, ...]`` (``uint8`` pixels, or float values as
+    stored), class ``labels`` ``[N]`` int64 or ``None``, and a ``description`` (the SPEC)."""
+
+    data: torch.Tensor
+    labels: torch.Tensor | None
+    description: str
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        if self.data.ndim < 2 or self.data.shape[0] < 1:
+            raise DataError(f"{self.description}: a dataset must have shape [N, ...] with N >= 1 and at least one "
+                            f"data axis, got {tuple(self.data.shape)}")
+        if self.labels is not None and tuple(self.labels.shape) != (self.data.shape[0],):
+            raise DataError(f"{self.description}: {self.data.shape[0]} items but labels of shape "
+                            f"{tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one item."""
+        return tuple(self.data.shape[1:])
+
+    def x0(self, index=None) -> torch.Tensor:
+        """Rows ``index`` (default all) as float64 model-space values (``uint8`` pixels to [-1, 1])."""
+        return _to_x0(self.data if index is None else self.data[index])
+
+    def sampler(self) -> "LabelledSampler":
+        return LabelledSampler(self.data, self.labels, description=self.description, num_classes=self.num_classes)
+
+
+class LabelledSampler(DatasetSampler):
+    """:class:`adasched.probe.DatasetSampler` (row ``j`` is ``data[h(seeds[j]) mod N]``) plus labels.
+
+    ``uint8`` data (8-bit images) are kept as they are and scaled to [-1, 1] per draw, which keeps
+    CIFAR-10's 50,000 images at 150 MB instead of 1.2 GB.  :meth:`labels` returns the labels of the
+    same rows as ``self(seeds)``, or ``None`` when there are none.
+    """
+
+    def __init__(self, data, labels=None, description: str | None = None, num_classes: int | None = None):
+        data = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+        if data.dtype == torch.uint8:
+            if data.ndim < 2 or data.shape[0] < 1:
+                raise DataError(f"dataset must have shape [N, ...] with N >= 1 and at least one data axis, "
+                                f"got {tuple(data.shape)}")
+            self.data = data
+            self.description = description if description is not None else f"dataset:{tuple(data.shape)}"
+        else:
+            super().__init__(data, description)
+        if labels is not None:
+            labels = torch.as_tensor(np.asarray(labels)).to(torch.int64).reshape(-1)
+            if labels.shape[0] != self.data.shape[0]:
+                raise DataError(f"{self.description}: {self.data.shape[0]} items but {labels.shape[0]} labels")
+            if num_classes is None and labels.numel():
+                num_classes = int(labels.max()) + 1
+        self.label_values = labels
+        self.num_classes = num_classes if labels is not None else None
+
+    def __call__(self, seeds: Sequence[int]) -> torch.Tensor:
+        return _to_x0(self.data[torch.from_numpy(self.indices(seeds))])
+
+    def labels(self, seeds: Sequence[int]) -> torch.Tensor | None:
+        """Class labels ``[len(seeds)]`` (int64) of the rows ``self(seeds)`` returns; ``None`` if unlabelled."""
+        if self.label_values is None:
+            return None
+        return self.label_values[torch.from_numpy(self.indices(seeds))]
+
+
+def sample_labels(sampler, seeds: Sequence[int]) -> torch.Tensor | None:
+    """The labels a data sampler gives for ``seeds`` (``None`` for samplers without labels)."""
+    labels = getattr(sampler, "labels", None)
+    return labels(seeds) if callable(labels) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
 
 
 def digits() -> torch.Tensor:
@@ -29,6 +166,177 @@ def digits() -> torch.Tensor:
 
     x = load_digits().images.astype(np.float64) / 16.0 * 2 - 1
     return torch.from_numpy(x[:, None])
+
+
+def digit_labels() -> torch.Tensor:
+    """The classes 0..9 of :func:`digits`, ``[N]`` int64, in the same order."""
+    from sklearn.datasets import load_digits
+
+    return torch.from_numpy(load_digits().target.astype(np.int64))
+
+
+def _decode(raw: bytes, name: str) -> np.ndarray:
+    """One image file as ``uint8`` ``[C, H, W]`` (C = 1 for grey levels, else 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            if img.mode in _GREY_MODES:
+                img = img.convert("L")
+            elif img.mode in _COLOUR_MODES:
+                img = img.convert("RGB")
+            else:
+                raise DataError(f"image {name} has mode {img.mode!r}; expected 8-bit grey-level or colour images "
+                                f"({', '.join(_GREY_MODES + _COLOUR_MODES)})")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot read image {name}: {e}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _image_labels(meta: bytes | None, names: list[str], where: str) -> torch.Tensor | None:
+    """Labels from EDM's ``dataset.json`` (``{"labels": [[name, class], ...]}`` or ``null``), in ``names`` order."""
+    if meta is None:
+        return None
+    try:
+        pairs = json.loads(meta).get("labels")
+        if pairs is None:
+            return None
+        table = {str(n): int(c) for n, c in pairs}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"cannot read the labels in {where}: expected {{\"labels\": [[\"NAME\", CLASS], ...]}} "
+                        f"({type(e).__name__}: {e})") from None
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise DataError(f"{where} gives no label for {len(missing)} image(s), e.g. {missing[0]}")
+    return torch.tensor([table[n] for n in names], dtype=torch.int64)
+
+
+def load_images(path: str | os.PathLike) -> Dataset:
+    """The images of a folder (recursively) or a ``.zip``, sorted by relative path, as ``uint8`` ``[N, C, H, W]``.
+
+    Image files are those ending in one of :data:`IMAGE_SUFFIXES` (any case); other files are ignored,
+    but for ``dataset.json`` at the top, which gives labels (EDM's ``dataset_tool.py`` format).  All
+    images must have one size and channel count.
+    """
+    path = Path(path)
+    is_image = lambda name: name.lower().endswith(IMAGE_SUFFIXES)  # noqa: E731
+    if path.is_dir():
+        files = {p.relative_to(path).as_posix(): p for p in path.rglob("*") if p.is_file() and is_image(p.name)}
+        names = sorted(files)
+        read = lambda n: files[n].read_bytes()  # noqa: E731
+        meta_file = path / "dataset.json"
+        meta = meta_file.read_bytes() if meta_file.is_file() else None
+        archive = None
+    elif path.is_file():
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{path} is neither a folder nor a readable zip file: {e}") from None
+        entries = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+        names = sorted(n for n in entries if is_image(n))
+        read = archive.read
+        meta = archive.read("dataset.json") if "dataset.json" in entries else None
+    else:
+        raise DataError(f"image folder or zip file not found: {path}")
+    try:
+        if not names:
+            raise DataError(f"no images in {path}: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+        first = _decode(read(names[0]), f"{path}/{names[0]}")
+        out = np.empty((len(names), *first.shape), dtype=np.uint8)
+        out[0] = first
+        for i, name in enumerate(names[1:], 1):
+            img = _decode(read(name), f"{path}/{name}")
+            if img.shape != first.shape:
+                raise DataError(f"images in {path} differ in size: {names[0]} is {_chw(first.shape)}, {name} is "
+                                f"{_chw(img.shape)} (C x H x W); resize them to one size first")
+            out[i] = img
+        labels = _image_labels(meta, names, f"{path}/dataset.json")
+    finally:
+        if archive is not None:
+            archive.close()
+    logger.info("read %d images %s from %s", len(names), _chw(first.shape), path)
+    return Dataset(torch.from_numpy(out), labels, f"images:{path}")
+
+
+def _chw(shape) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def cifar10(split: str = "train", root: str | os.PathLike | None = None, download: bool = True) -> Dataset:
+    """CIFAR-10 (``train``: 50,000 images; ``test``: 10,000) as ``uint8`` ``[N, 3, 32, 32]`` with labels 0..9.
+
+    Read by torchvision from ``ROOT/cifar10`` (see :func:`default_data_dir`), which checks the files'
+    MD5 sums before it unpickles them; downloaded there first when missing and ``download`` is true.
+    Offline, a :class:`DataError` names the archive and the folder to put it in.
+    """
+    if split not in ("train", "test"):
+        raise DataError(f"unknown CIFAR-10 split {split!r}; valid: train, test")
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError:
+        raise DataError("CIFAR-10 needs the package torchvision (pip install torchvision)") from None
+    folder = (Path(root) if root is not None else default_data_dir()) / "cifar10"
+    url = getattr(CIFAR10, "url", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+    by_hand = (f"download {url} elsewhere and put it into {folder} (the archive "
+               f"{getattr(CIFAR10, 'filename', 'cifar-10-python.tar.gz')}, or its extracted folder "
+               f"{getattr(CIFAR10, 'base_folder', 'cifar-10-batches-py')}/)")
+    try:
+        ds = CIFAR10(str(folder), train=split == "train", download=False)
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted"
+        if not download:
+            raise DataError(f"CIFAR-10 is not in {folder}; {by_hand}") from None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ds = CIFAR10(str(folder), train=split == "train", download=True)
+        except Exception as e:  # URLError, timeouts, HTTP errors, a corrupt archive: all "not fetched"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise DataError(f"cannot download CIFAR-10 ({type(e).__name__}{': ' + msg if msg else ''}); "
+                            f"offline, {by_hand}") from None
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2)))
+    return Dataset(x, torch.as_tensor(np.asarray(ds.targets, dtype=np.int64)), f"cifar10:{split}", num_classes=10)
+
+
+def _load_npz(path: str, key: str) -> Dataset:
+    try:
+        with np.load(path) as f:
+            if not f.files:
+                raise DataError(f"NPZ file {path} holds no arrays")
+            key = key or f.files[0]
+            if key not in f.files:
+                raise DataError(f"NPZ file {path} has no array {key!r}; it has: {', '.join(f.files)}")
+            arr = f[key]
+            labels = f["labels"] if key != "labels" and "labels" in f.files else None
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read NPZ file {path}: {e}") from None
+    if labels is not None and (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
+                               or arr.ndim < 1 or labels.shape[0] != arr.shape[0]):
+        raise DataError(f"NPZ file {path}: 'labels' must be integers [N] for {key!r} of shape {arr.shape}; found "
+                        f"{labels.dtype} of shape {labels.shape}")
+    data = torch.as_tensor(arr)
+    return Dataset(data, None if labels is None else torch.as_tensor(labels.astype(np.int64)),
+                   f"npz:{path}" + (f":{key}" if key else ""))
+
+
+def load_dataset(spec: str, *, root: str | os.PathLike | None = None, download: bool = True) -> Dataset:
+    """The whole dataset named by ``spec`` (``npz:``, ``digits``, ``images:``, ``cifar10``), in its fixed order."""
+    if spec == "digits":
+        return Dataset(digits(), digit_labels(), "digits", num_classes=10)
+    if spec.startswith("npz:"):
+        path, _, key = spec[4:].partition(":")
+        ds = _load_npz(path, key)
+        return Dataset(ds.data, ds.labels, spec)
+    if spec.startswith("images:"):
+        if not spec[7:]:
+            raise DataError("empty data SPEC images: expected images:FOLDER or images:FILE.zip")
+        return load_images(spec[7:])
+    if spec == "cifar10" or spec.startswith("cifar10:"):
+        return cifar10(spec.partition(":")[2] or "train", root=root, download=download)
+    valid = ", ".join(k for k in DATA_KINDS if k not in ("target", "model"))
+    raise DataError(f"unknown dataset SPEC {spec!r}; valid: {valid}")
 
 
 class ModelSampler:
@@ -49,32 +357,21 @@ class ModelSampler:
         return out["samples"].to(torch.float64)
 
 
-def load_data_sampler(spec: str, model):
-    """The data sampler named by ``spec`` for ``model`` (see the module docstring)."""
-    from adasched.probe import dataset_sampler, target_sampler
+def load_data_sampler(spec: str, model, *, root: str | os.PathLike | None = None, download: bool = True):
+    """The data sampler named by ``spec`` for ``model`` (see the module docstring).
+
+    ``root`` and ``download`` apply to ``cifar10`` (the data folder, and whether a missing dataset
+    may be downloaded).
+    """
+    from adasched.probe import target_sampler
 
     if spec == "target":
         if not callable(getattr(model, "sample", None)):
             raise DataError("--data target needs an analytic model (gmm:, powerlaw:); "
                             f"give one of: {', '.join(DATA_KINDS)}")
         return target_sampler(model, description="target")
-    if spec == "digits":
-        return dataset_sampler(digits(), description="digits")
     if spec == "model":
         return ModelSampler(model, model.shape)
-    if spec.startswith("npz:"):
-        path, _, key = spec[4:].partition(":")
-        try:
-            with np.load(path) as f:
-                if not f.files:
-                    raise DataError(f"NPZ file {path} holds no arrays")
-                key = key or f.files[0]
-                if key not in f.files:
-                    raise DataError(f"NPZ file {path} has no array {key!r}; it has: {', '.join(f.files)}")
-                arr = f[key]
-        except FileNotFoundError:
-            raise DataError(f"data file not found: {path}") from None
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read NPZ file {path}: {e}") from None
-        return dataset_sampler(arr, description=spec)
+    if spec == "digits" or spec.startswith(("npz:", "images:", "cifar10:")) or spec == "cifar10":
+        return load_dataset(spec, root=root, download=download).sampler()
     raise DataError(f"unknown data SPEC {spec!r}; valid: {', '.join(DATA_KINDS)}")

@@ -121,3 +121,219 @@ def evaluate_samples(samples_npz, model=None, reference_npz=None) -> dict:
         raise DataError("nothing to measure: give an analytic model (gmm:, powerlaw:) or --reference REF.npz")
     out["metrics"] = metrics
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image metrics: seed-range aggregation and the metrics record (a metrics file cannot lose its provenance)
+
+#: Metric names that are Fréchet distances of image features and so need :class:`ImageMetric` provenance.
+#: ``fid`` is reserved for Inception features under a named clean-fid protocol; any other feature space gets
+#: its own name ending in ``_fd`` (e.g. ``digits_fd``).
+FID_NAME = "fid"
+INCEPTION_EXTRACTOR = "inception-2015-12-05"
+METRICS_FORMAT = "adasched-metrics/1"
+
+__all__ += ["aggregate_seed_ranges", "ImageMetric", "MetricsRecord", "MetricsRecordError", "FID_NAME",
+            "METRICS_FORMAT", "is_image_metric"]
+
+
+from dataclasses import dataclass, field  # noqa: E402
+
+from adasched.errors import AdaschedError as _AdaschedError  # noqa: E402  (a leaf module: no import cycle)
+
+
+class MetricsRecordError(_AdaschedError, ValueError):
+    """A metrics record lacks a provenance field, or names a metric it may not (e.g. "fid" for non-Inception)."""
+
+
+def is_image_metric(name: str) -> bool:
+    """Whether ``name`` is a Fréchet distance of image features (``fid``, ``fid_*`` or ``*_fd``)."""
+    return name == FID_NAME or name.startswith(FID_NAME + "_") or name.endswith("_fd")
+
+
+def _ranges(seed_ranges) -> list[list[int]]:
+    out = []
+    for r in seed_ranges:
+        try:
+            start, stop = (int(v) for v in r)
+        except (TypeError, ValueError):
+            raise MetricsRecordError(f"a seed range is [start, stop), found {r!r}") from None
+        if stop <= start:
+            raise MetricsRecordError(f"empty seed range [{start}, {stop})")
+        out.append([start, stop])
+    for i, a in enumerate(out):
+        for b in out[i + 1:]:
+            if a[0] < b[1] and b[0] < a[1]:
+                raise MetricsRecordError(f"seed ranges {a} and {b} overlap; runs must use disjoint seeds")
+    return out
+
+
+def aggregate_seed_ranges(values, seed_ranges, aggregate: str = "min") -> dict:
+    """Summarise one metric measured on disjoint seed ranges (EDM: 0-49999, 50000-99999, 100000-149999).
+
+    Returns ``{"value", "aggregate", "values", "seed_ranges", "min", "max", "mean", "std", "spread"}`` where
+    ``value`` is the headline number: the minimum over the runs (EDM's "best of 3"), their ``mean``, or the
+    only run's value (``aggregate`` is then ``"single"``); ``spread`` is ``max - min``, ``std`` the sample
+    standard deviation (0 for one run).
+    """
+    values = [float(v) for v in values]
+    ranges = _ranges(seed_ranges)
+    if not values or len(values) != len(ranges):
+        raise MetricsRecordError(f"need one value per seed range: {len(values)} values, {len(ranges)} ranges")
+    if not all(np.isfinite(values)):
+        raise MetricsRecordError(f"non-finite metric values {values}")
+    if aggregate not in ("min", "mean"):
+        raise MetricsRecordError(f"unknown aggregate {aggregate!r}; valid: min, mean")
+    v = np.asarray(values)
+    head = float(v.min() if aggregate == "min" else v.mean())
+    return {"value": head, "aggregate": aggregate if len(v) > 1 else "single", "values": values,
+            "seed_ranges": ranges, "min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()),
+            "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "spread": float(v.max() - v.min())}
+
+
+def _hex64(value, what: str) -> str:
+    s = str(value or "").lower()
+    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+        raise MetricsRecordError(f"{what} must be a sha256 (64 hex digits), found {value!r}")
+    return s
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MetricsRecordError(f"{what} is required (a non-empty string), found {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ImageMetric:
+    """One Fréchet distance of image features, with what makes the number meaningful (``style.md`` item 6).
+
+    ``name``: ``fid`` (Inception features under a clean-fid ``protocol``) or ``<space>_fd`` for any other
+    feature space; ``values`` and ``seed_ranges``: one run per disjoint seed range, each on ``num_images``
+    images; ``reference`` and ``feature_extractor``: ``{"name", "sha256", ...}`` (for a reference file also its
+    ``path`` and ``url``).  Construction validates every field.
+    """
+
+    name: str
+    protocol: str
+    num_images: int
+    values: tuple
+    seed_ranges: tuple
+    reference: dict
+    feature_extractor: dict
+    aggregate: str = "min"
+
+    def __post_init__(self):
+        _text(self.name, "metric name")
+        if not is_image_metric(self.name):
+            raise MetricsRecordError(f"image metric name {self.name!r} must be 'fid' or end in '_fd'")
+        _text(self.protocol, f"{self.name}: protocol")
+        if not isinstance(self.num_images, (int, np.integer)) or self.num_images < 1:
+            raise MetricsRecordError(f"{self.name}: num_images must be a positive integer, found {self.num_images!r}")
+        for what, d in (("reference", self.reference), ("feature_extractor", self.feature_extractor)):
+            if not isinstance(d, dict):
+                raise MetricsRecordError(f"{self.name}: {what} must be a dict with name and sha256, found {d!r}")
+            _text(d.get("name"), f"{self.name}: {what} name")
+            _hex64(d.get("sha256"), f"{self.name}: {what} sha256")
+        inception = str(self.feature_extractor["name"]).startswith(INCEPTION_EXTRACTOR)
+        if (self.name == FID_NAME or self.name.startswith(FID_NAME + "_")) and not inception:
+            raise MetricsRecordError(f"{self.name!r} is reserved for Inception ({INCEPTION_EXTRACTOR}) features; "
+                                     f"a Fréchet distance in the space of {self.feature_extractor['name']!r} needs "
+                                     f"its own name ending in '_fd'")
+        summary = aggregate_seed_ranges(self.values, self.seed_ranges, self.aggregate)
+        object.__setattr__(self, "values", tuple(summary["values"]))
+        object.__setattr__(self, "seed_ranges", tuple(tuple(r) for r in summary["seed_ranges"]))
+
+    @property
+    def value(self) -> float:
+        """The headline number (minimum over seed ranges by default)."""
+        return aggregate_seed_ranges(self.values, self.seed_ranges, self.aggregate)["value"]
+
+    def to_json(self) -> dict:
+        summary = aggregate_seed_ranges(self.values, self.seed_ranges, self.aggregate)
+        return {"protocol": self.protocol, "num_images": int(self.num_images), **summary,
+                "reference": dict(self.reference), "feature_extractor": dict(self.feature_extractor)}
+
+    @classmethod
+    def from_json(cls, name: str, d: dict) -> "ImageMetric":
+        try:
+            return cls(name=name, protocol=d["protocol"], num_images=d["num_images"], values=d["values"],
+                       seed_ranges=d["seed_ranges"], reference=d["reference"],
+                       feature_extractor=d["feature_extractor"],
+                       aggregate="min" if d.get("aggregate", "min") == "single" else d["aggregate"])
+        except KeyError as e:
+            raise MetricsRecordError(f"image metric {name!r} lacks the field {e.args[0]!r}") from None
+
+
+@dataclass
+class MetricsRecord:
+    """The content of a metrics JSON; :meth:`to_json` and :meth:`write` refuse a record without provenance.
+
+    Required: the scalar ``metrics``; ``num_samples`` and ``seeds`` (``[start, stop)``, or a list of such
+    ranges); the ``package_version``; and, for every image metric (``fid``, ``*_fd``), an :class:`ImageMetric`
+    in ``image_metrics`` (protocol, image count, seed ranges, reference name and hash, feature extractor name
+    and hash) whose headline value is the one in ``metrics``.  ``extra`` holds further top-level fields
+    (``inputs``, ``provenance``, ``nfe``, ...).
+    """
+
+    metrics: dict
+    num_samples: int
+    seeds: list
+    package_version: str
+    image_metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not isinstance(self.metrics, dict) or not self.metrics:
+            raise MetricsRecordError("a metrics record needs at least one metric")
+        for k, v in self.metrics.items():
+            if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
+                raise MetricsRecordError(f"metric {k!r} must be a finite number, found {v!r}")
+        _text(self.package_version, "package_version")
+        if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
+            raise MetricsRecordError(f"num_samples must be a positive integer, found {self.num_samples!r}")
+        seeds = self.seeds
+        if not isinstance(seeds, (list, tuple)) or not seeds:
+            raise MetricsRecordError(f"seeds must be [start, stop) or a list of ranges, found {seeds!r}")
+        _ranges([seeds] if not isinstance(seeds[0], (list, tuple)) else seeds)
+        for name in self.metrics:
+            if is_image_metric(name) and name not in self.image_metrics:
+                raise MetricsRecordError(f"metric {name!r} is a Fréchet distance of image features: it needs its "
+                                         f"provenance (protocol, image count, seeds, reference and feature extractor "
+                                         f"with hashes) in image_metrics")
+        for name, im in self.image_metrics.items():
+            if not isinstance(im, ImageMetric) or im.name != name:
+                raise MetricsRecordError(f"image_metrics[{name!r}] must be an ImageMetric named {name!r}")
+            if name not in self.metrics or float(self.metrics[name]) != im.value:
+                raise MetricsRecordError(f"metrics[{name!r}] must be the headline value {im.value!r} of its runs")
+        clash = {"format", "adasched_version", "metrics", "num_samples", "seeds", "image_metrics"} & set(self.extra)
+        if clash:
+            raise MetricsRecordError(f"extra fields {sorted(clash)} would overwrite the record's own fields")
+
+    def to_json(self) -> dict:
+        self.validate()
+        return {"format": METRICS_FORMAT, "adasched_version": self.package_version,
+                "num_samples": int(self.num_samples), "seeds": self.seeds, **self.extra,
+                "metrics": {k: float(v) for k, v in self.metrics.items()},
+                "image_metrics": {k: v.to_json() for k, v in self.image_metrics.items()}}
+
+    def write(self, path) -> None:
+        """Validate, then write the JSON atomically (nothing is written when a field is missing)."""
+        from adasched.io import write_json
+
+        write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MetricsRecord":
+        """The record of a metrics JSON (validated: a file without provenance is refused on reading too)."""
+        d = dict(d)
+        try:
+            rec = cls(metrics=d.pop("metrics"), num_samples=d.pop("num_samples"), seeds=d.pop("seeds"),
+                      package_version=d.pop("adasched_version"),
+                      image_metrics={k: ImageMetric.from_json(k, v) for k, v in d.pop("image_metrics", {}).items()})
+        except KeyError as e:
+            raise MetricsRecordError(f"metrics file lacks the field {e.args[0]!r}") from None
+        d.pop("format", None)
+        rec.extra = d
+        rec.validate()
+        return rec

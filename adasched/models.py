@@ -7,6 +7,11 @@
                    (``{"shape": [C, H, W], "alpha": 2.0, "scale": 1.0, "mean": 0.0}``)
 ``edm:SOURCE``      an EDM network pickle: a registered name, URL or path (:mod:`adasched.edm`;
                    refused unless its hash is pinned or ``trust=True``)
+``adasched:PATH``  a network trained by ``adasched train`` (:mod:`adasched.train`): safetensors weights
+                   (EMA by default, ``key="net"`` for the raw ones) with a JSON header; no code runs
+``diffusers:SRC``  a diffusers ``UNet2DModel`` DDPM (eps-, v- or x0-prediction) with its scheduler
+                   config; SRC is a folder or a Hub id ``OWNER/NAME[@REVISION]``
+                   (:mod:`adasched.diffusers_models`; ``.bin`` pickles refused unless ``trust=True``)
 =================  ==========================================================================
 
 Every loader returns a denoiser in the project's protocol (:mod:`adasched.denoisers`) with a
@@ -26,7 +31,7 @@ __all__ = ["LOADERS", "load_model", "register"]
 LOADERS: dict[str, Callable] = {}
 
 #: Kinds whose module registers its loader when imported (kept lazy: they pull in heavy code).
-PLUGINS = {"edm": "adasched.edm"}
+PLUGINS = {"edm": "adasched.edm", "adasched": "adasched.train", "diffusers": "adasched.diffusers_models"}
 
 
 def register(kind: str):
