@@ -197,6 +197,8 @@ def _add_train_parser(sub, common) -> None:
                    help=f"blend weight gamma of each schedule update (default {d.online_gamma:g})")
     p.add_argument("--online-fraction", type=_float, default=d.online_fraction,
                    help=f"share of each batch trained at the learned schedule's levels (default {d.online_fraction:g})")
+    p.add_argument("--online-n-min", type=_positive_int, default=d.online_n_min,
+                   help=f"samples every interval needs before a schedule update (default {d.online_n_min})")
     p.add_argument("--schedule-out", help="with --online-schedule: also write the learned schedule as schedule JSON")
     p.add_argument("--checkpoint", help="checkpoint file: resumed from if it exists, rewritten every --checkpoint-every steps")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default --log-every)")
@@ -406,7 +408,8 @@ def cmd_train(args) -> None:
     config = TrainConfig(preset=args.preset, data=args.data, steps=args.steps, batch=args.batch, seed=args.seed,
                          lr=args.lr, lr_warmup=args.lr_warmup, online_schedule=args.online_schedule,
                          online_levels=args.online_levels, online_gamma=args.online_gamma,
-                         online_fraction=args.online_fraction, log_every=args.log_every)
+                         online_fraction=args.online_fraction, online_n_min=args.online_n_min,
+                         log_every=args.log_every)
     device = _device(args.device)
     model = train(config, args.output, device=device, checkpoint=args.checkpoint,
                   checkpoint_every=args.checkpoint_every)
