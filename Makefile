@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo clean
+.PHONY: setup system-deps test demo clean
 
 setup: $(VENV)/.installed
 
@@ -13,7 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-test: setup
+# Debian packages the tests need (slurm-wlm, munge, chromium); needs root, quiet when present.
+system-deps:
+	bash .ci/system-deps.sh
+
+test: setup system-deps
 	$(BIN)/python -m pytest
 
 demo: setup
