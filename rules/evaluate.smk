@@ -1,0 +1,18 @@
+# Metrics: exact ODE error and sliced W2 (analytic targets), FID (EDM), digits_fd and high-NFE error (digits).
+
+
+rule evaluate:
+    input:
+        unpack(lambda w: SWEEP.evaluate_inputs(w.model)),
+        samples=f"{R}/{{model}}/samples/{{method}}/{{solver}}-nfe{{nfe}}.npz",
+    output:
+        f"{R}/{{model}}/metrics/{{method}}/{{solver}}-nfe{{nfe}}.json",
+    log:
+        f"{R}/logs/{{model}}/metrics/{{method}}/{{solver}}-nfe{{nfe}}.log",
+    params:
+        options=lambda w: SWEEP.evaluate_options(w.model),
+        version=VERSION,
+    resources:
+        gpu=config["gpus"],
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,16 @@
+# Schedules: one JSON per model, method, solver and NFE (adasched schedule).
+
+
+rule schedule:
+    """Closed forms need nothing; score-optimal methods read a probe file, solver-aware also the model."""
+    input:
+        unpack(lambda w: SWEEP.schedule_inputs(w.model, w.method)),
+    output:
+        f"{R}/{{model}}/schedules/{{method}}/{{solver}}-nfe{{nfe}}.json",
+    log:
+        f"{R}/logs/{{model}}/schedules/{{method}}/{{solver}}-nfe{{nfe}}.log",
+    params:
+        options=lambda w: SWEEP.schedule_options(w.model, w.method),
+        version=VERSION,
+    script:
+        "../scripts/schedule.py"

@@ -1,0 +1,386 @@
+"""The Snakemake workflow (Snakefile, rules/, scripts/, config.yaml, schemas/) and its helpers (adasched.workflow).
+
+Fast unit tests of the helpers, dry runs of every shipped config, and one real end-to-end run of a tiny config
+(1 analytic model, 2 schedules, 2 solvers, 2 NFE, 32 samples) after which three reruns are counted in
+Snakemake's own plan (``snakemake -n --quiet rules``): adding one NFE, changing a probe setting, changing
+nothing.  Snakemake runs as ``python -m snakemake`` with ``--cores 2`` in a temporary working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adasched.errors import AdaschedError
+from adasched.workflow import (KINDS, METHODS, PLOTS, SOLVERS, Sweep, cli_argv, metric_rows, parse_cell,
+                               write_model_json, write_summary)
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEFILE = ROOT / "Snakefile"
+
+MIX2D = {"weights": [0.2, 0.3, 0.1, 0.4], "means": [[-1.0, 0.5], [1.0, 0.8], [0.0, -1.0], [0.6, -0.2]],
+         "variances": [[0.002, 0.01], [0.05, 0.02], [0.2, 0.1], [0.001, 0.004]]}
+TINY = {
+    "results": "results",
+    "models": {"mix2d": {"kind": "gmm", "gmm": MIX2D}},
+    "methods": ["edm", "score-optimal"],
+    "solvers": {"euler": [3, 5], "heun": [3, 5]},
+    "probe": {"corrector": {"grid": 20, "samples": 16}},
+    "sample": {"num": 32},
+}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, check: bool = True):
+    """``python -m snakemake -s Snakefile -d WORKDIR --cores 2 ARGS`` (a dict config is written to a file)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2", *args]
+    if isinstance(config, dict):
+        path = workdir / "config-test.yaml"
+        path.write_text(yaml.safe_dump(config))
+        config = path
+    if config is not None:
+        cmd += ["--configfile", str(config)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
+                             f"{out.stderr[-5000:]}")
+    return out
+
+
+def plan(workdir: Path, config: dict | Path | None = None) -> dict[str, int]:
+    """Snakemake's own plan: ``{rule: number of jobs}`` of a dry run (empty when there is nothing to do)."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", config=config)
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    block = text[text.index("Job stats:"):]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        name, _, count = line.strip().rpartition(" ")
+        if not line.strip() or name.strip() == "total":
+            break
+        counts[name.strip()] = int(count)
+    return counts
+
+
+def validated(config: dict) -> dict:
+    """``config`` after the workflow's schema (defaults filled in), as the Snakefile sees it."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config)
+    validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    return config
+
+
+# -------------------------------------------------------------------------------------------- unit tests
+
+
+def test_cli_argv_maps_options_to_flags():
+    argv = cli_argv("sample", {"model": "gmm:m.json", "seed_start": 0, "trust_pickle": True, "offline": False,
+                               "probes": None, "samples": ["a.npz", "b.npz"], "output": "o.npz"})
+    assert argv == ["sample", "--model", "gmm:m.json", "--seed-start", "0", "--trust-pickle",
+                    "--samples", "a.npz", "b.npz", "-o", "o.npz"]
+
+
+def test_cli_argv_matches_the_cli_parser():
+    """Every option the Sweep hands a rule is a flag the ``adasched`` parser accepts."""
+    from adasched.cli import build_parser
+
+    sweep = Sweep(validated(TINY))
+    parser = build_parser()
+    for method in METHODS:
+        parser.parse_args(cli_argv("schedule", dict(method=method, solver="heun", nfe=5, probes="p.h5", output="o",
+                                                    **sweep.schedule_options("mix2d", method))))
+    parser.parse_args(cli_argv("sample", dict(schedule="s.json", solver="heun", output="o",
+                                              **sweep.sample_options("mix2d"))))
+    parser.parse_args(cli_argv("evaluate", dict(samples="s.npz", output="o", **sweep.evaluate_options("mix2d"))))
+    for cost in ("corrector", "predictor"):
+        parser.parse_args(cli_argv("probe", dict(output="o", **sweep.probe_options("mix2d", cost))))
+    digits = Sweep(validated(dict(TINY, models={"d": {"kind": "trained-digits", "train": {}}})))
+    parser.parse_args(cli_argv("train", dict(data="digits", output="o", **digits.train_options("d"))))
+    parser.parse_args(cli_argv("evaluate", dict(samples="s.npz", output="o", classifier="c",
+                                                **digits.evaluate_options("d"))))
+
+
+def test_schema_lists_the_library_choices():
+    from adasched.cli import PROBED_METHODS
+    from adasched.samplers import SOLVERS as LIBRARY_SOLVERS
+    from adasched.schedules import CLOSED_FORM
+
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    assert schema["$defs"]["method"]["enum"] == list(METHODS)
+    assert set(METHODS) <= set(CLOSED_FORM) | set(PROBED_METHODS)
+    assert schema["$defs"]["solvers"]["propertyNames"]["enum"] == list(SOLVERS)
+    assert schema["$defs"]["model"]["properties"]["kind"]["enum"] == list(KINDS)
+    assert set(SOLVERS) <= set(LIBRARY_SOLVERS)
+
+
+def test_schema_is_strict_everywhere():
+    """Every object schema names its keys and refuses others (maps of user names refuse bad names)."""
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            if node.get("type") == "object" or "properties" in node:
+                assert "additionalProperties" in node, f"{where} lacks additionalProperties"
+                if node["additionalProperties"] is not False:
+                    assert "propertyNames" in node, f"{where}: open object without propertyNames"
+            for k, v in node.items():
+                if k != "if":  # a condition (kind == ...), not a definition
+                    walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(schema, "schema")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(extra=1), "'extra' was unexpected"),
+    (lambda c: c["probe"].update(grids=3), "'grids' was unexpected"),
+    (lambda c: c["models"]["mix2d"].update(train={}), "'train' is not one of"),
+    (lambda c: c.update(methods=["edm", "karras"]), "'karras' is not one of"),
+    (lambda c: c["solvers"].update(heun=["5"]), "'5' is not of type 'integer'"),
+])
+def test_schema_refuses(change, message):
+    from snakemake.exceptions import WorkflowError
+
+    config = copy.deepcopy(TINY)
+    change(config)
+    with pytest.raises(WorkflowError) as e:
+        validated(config)
+    assert message in str(e.value.args[1] if len(e.value.args) > 1 else e.value)
+
+
+def test_sweep_refuses_an_unreachable_nfe():
+    config = validated(dict(TINY, solvers={"euler": [3], "heun": [4]}))
+    with pytest.raises(AdaschedError, match=r"solvers\.heun: solver 'heun' cannot spend exactly 4 .*3, 5"):
+        Sweep(config)
+    config = validated(dict(TINY, models={"m": {"kind": "gmm", "gmm": MIX2D, "solvers": {"heun": [6]}}}))
+    with pytest.raises(AdaschedError, match=r"models\.m\.solvers\.heun: .*exactly 6"):
+        Sweep(config)
+
+
+def test_sweep_refuses_ambiguous_targets_and_ranges():
+    with pytest.raises(AdaschedError, match="exactly one of the two"):
+        Sweep(validated(dict(TINY, models={"m": {"kind": "gmm", "gmm": MIX2D, "path": "m.json"}})))
+    with pytest.raises(AdaschedError, match="exactly one of the two"):
+        Sweep(validated(dict(TINY, models={"m": {"kind": "powerlaw"}})))
+    with pytest.raises(AdaschedError, match="inside the probed range"):
+        Sweep(validated(dict(TINY, schedule={"sigma_max": 100.0})))
+    with pytest.raises(AdaschedError, match="report.samples: heun at NFE 7 is not in the sweep"):
+        Sweep(validated(dict(TINY, report={"samples": {"solver": "heun", "nfe": 7}})))
+
+
+def test_sweep_cells_paths_and_params():
+    sweep = Sweep(validated(TINY))
+    assert sweep.cells("mix2d") == [(m, s, n) for m in ("edm", "score-optimal") for s in ("euler", "heun")
+                                    for n in (3, 5)]
+    assert sweep.path("samples", "mix2d", "edm", "heun", 5) == "results/mix2d/samples/edm/heun-nfe5.npz"
+    assert sweep.spec("mix2d") == "gmm:results/mix2d/model.json"
+    # A schedule's params hold what changes it, and only that: rho reaches edm only, probes never closed forms.
+    assert sweep.schedule_options("mix2d", "edm")["rho"] == 7.0
+    assert "rho" not in sweep.schedule_options("mix2d", "score-optimal")
+    assert sweep.schedule_inputs("mix2d", "edm") == {}
+    assert sweep.schedule_inputs("mix2d", "score-optimal-po") == {"probes": "results/mix2d/probes-po.h5"}
+    assert sweep.schedule_inputs("mix2d", "solver-aware") == {"probes": "results/mix2d/probes.h5",
+                                                              "model": "results/mix2d/model.json"}
+    assert sweep.probes_needed("mix2d") == ["results/mix2d/probes.h5"]
+    assert sweep.evaluate_inputs("mix2d") == {"model": "results/mix2d/model.json"}
+    assert sweep.report_cell("mix2d") == ("euler", 3)
+    assert sweep.targets()[0] == "results/summary.csv" and len(sweep.plots()) == len(PLOTS)
+
+
+def test_sweep_non_analytic_models():
+    config = validated({
+        "models": {"digits": {"kind": "trained-digits", "train": {"steps": 10}},
+                   "cifar": {"kind": "edm", "edm": "edm-cifar10-32x32-cond-vp"}},
+        "methods": ["edm"], "solvers": {"heun": [35]},
+        "evaluate": {"reference": {"solver": "heun", "nfe": 63}, "fid": {"resources": "res/fid"}},
+    })
+    sweep = Sweep(config)
+    assert sweep.spec("digits") == "adasched:results/digits/model.safetensors"
+    assert sweep.data("digits") == "digits" and sweep.data("cifar") == "model"
+    assert sweep.evaluate_inputs("digits") == {"reference": "results/digits/samples/edm/heun-nfe63.npz",
+                                               "classifier": "results/digits-classifier.safetensors"}
+    assert sweep.evaluate_options("digits")["digits_fd"] is True
+    opts = sweep.evaluate_options("cifar")
+    assert (opts["fid"], opts["fid_ref"], opts["num_images"], opts["offline"]) == \
+        ("legacy_tensorflow", "edm:cifar10-32x32", 50000, True)
+    assert sweep.fid_files() == ["res/fid/cifar10-32x32.npz", "res/fid/inception-2015-12-05.pt"]
+    assert sweep.checkpoint("cifar").endswith("edm-cifar10-32x32-cond-vp.pkl")
+    assert list(sweep.edm_downloads().values()) == ["cifar"]
+
+
+def test_write_model_json_validates(tmp_path):
+    out = tmp_path / "m.json"
+    write_model_json("gmm", out, definition=MIX2D)
+    assert json.loads(out.read_text())["weights"] == MIX2D["weights"]
+    write_model_json("powerlaw", out, definition={"shape": [1, 4, 4], "alpha": 2.0})
+    with pytest.raises(AdaschedError, match="must sum to 1"):
+        write_model_json("gmm", tmp_path / "bad.json", definition=dict(MIX2D, weights=[0.5, 0.3, 0.1, 0.4]))
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_summary_rows_come_from_the_paths(tmp_path):
+    from adasched.io import write_json
+
+    files = []
+    for method, nfe, value in (("edm", 5, 0.5), ("loglinear", 5, 0.25), ("edm", 3, 1.0)):
+        p = tmp_path / "results" / "m" / "metrics" / method / f"heun-nfe{nfe}.json"
+        write_json(p, {"metrics": {"ode_rmse": value, "target_sliced_w2": value / 2}, "num_samples": 8})
+        files.append(p)
+    assert parse_cell(files[0]) == {"model": "m", "method": "edm", "solver": "heun", "nfe": 5}
+    with pytest.raises(AdaschedError, match="not a cell file"):
+        parse_cell(tmp_path / "x.json")
+    assert len(metric_rows(files)) == 6
+    write_summary(files, tmp_path / "summary.csv")
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["metric"], r["method"], r["nfe"]) for r in rows[:3]] == \
+        [("ode_rmse", "edm", "3"), ("ode_rmse", "edm", "5"), ("ode_rmse", "loglinear", "5")]
+    assert float(rows[0]["value"]) == 1.0 and rows[0]["num_samples"] == "8"
+
+
+# --------------------------------------------------------------------------------------------- dry runs
+
+
+def _expected_plan(config: dict) -> dict[str, int]:
+    sweep = Sweep(validated(config))
+    cells = sum(len(sweep.cells(m)) for m in sweep.models)
+    analytic = [m for m in sweep.models if sweep.exact_model(m)]
+    return {"model_json": len(analytic), "probe_corrector": len(sweep.models),
+            "probe_predictor": sum(len(sweep.probes_needed(m)) - 1 for m in sweep.models),
+            "schedule": cells, "sample": cells, "evaluate": cells, "summary": 1, "report": 1, "all": 1,
+            **{f"plot_{p}": len(sweep.models) for p in PLOTS}}
+
+
+def test_dry_run_default_config(tmp_path):
+    """`snakemake` from the repository root: the embedded default plans every cell of config.yaml."""
+    (tmp_path / "config").symlink_to(ROOT / "config")  # the default's relative path: config/mixture-64d.json
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    got = plan(tmp_path)  # no --configfile: the Snakefile loads config.yaml itself
+    want = {k: v for k, v in _expected_plan(config).items() if v}
+    assert got == want
+
+
+def test_dry_run_edm_configs(tmp_path):
+    """The GPU configs (network needed to run them) plan downloads, FID resources and FID evaluation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted((ROOT / "config").glob("edm-*.yaml"))
+    assert {p.stem for p in paths} >= {"edm-cifar10", "edm-ffhq-64", "edm-afhqv2-64", "edm-imagenet-64"}
+    dirs = [tmp_path / p.stem for p in paths]
+    for d in dirs:
+        d.mkdir()
+    with ThreadPoolExecutor(2) as pool:  # two dry runs at a time, one per core
+        plans = list(pool.map(plan, dirs, paths))
+    for path, got in zip(paths, plans):
+        config = yaml.safe_load(path.read_text())
+        sweep = Sweep(validated(config))
+        cells = sum(len(sweep.cells(m)) for m in sweep.models)
+        assert got["download_edm"] == len(sweep.models) and got["fid_resources"] == 1, path.name
+        assert got["sample"] == got["evaluate"] == cells, path.name
+        assert config["sample"]["num"] >= 50000
+        for m in sweep.models:
+            opts = sweep.evaluate_options(m)
+            assert (opts["fid"], opts["num_images"], opts["offline"]) == ("legacy_tensorflow", 50000, True)
+
+
+def test_dry_run_digits_model(tmp_path):
+    """A trained-digits model slots in: train and classifier jobs, digits data, reference samples."""
+    config = dict(TINY, models={"digits": {"kind": "trained-digits", "train": {"steps": 20}}},
+                  evaluate={"reference": {"solver": "heun", "nfe": 35}})
+    got = plan(tmp_path, config)
+    assert got["train"] == 1 and got["classifier"] == 1 and "model_json" not in got
+    assert got["sample"] == 8 + 1  # the sweep and the 35-NFE reference
+
+
+def test_config_errors_stop_before_any_job(tmp_path):
+    out = snakemake(tmp_path, "-n", config=dict(TINY, solvers={"heun": [4]}), check=False)
+    assert out.returncode != 0
+    assert "solvers.heun: solver 'heun' cannot spend exactly 4 evaluations" in out.stdout + out.stderr
+    out = snakemake(tmp_path, "-n", config=dict(TINY, sample={"nmu": 3}), check=False)
+    assert out.returncode != 0 and "('nmu' was unexpected)" in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint(tmp_path):
+    """`snakemake --lint`: the only lint left is "Specify a conda environment or container for each rule",
+    justified in the Snakefile (the workflow runs in the project's pip venv; see docs/workflow.md)."""
+    out = snakemake(tmp_path, "--lint", config=dict(TINY, models={
+        "m": {"kind": "gmm", "gmm": MIX2D}, "d": {"kind": "trained-digits", "train": {}},
+        "e": {"kind": "edm", "edm": "edm-cifar10-32x32-cond-vp"}}, evaluate={"fid": {}}), check=False)
+    text = out.stdout + out.stderr
+    assert "Lints for rule train" in text and "Lints for rule download_edm" in text  # every rule was linted
+    lints = set(re.findall(r"^\s+\* (.+?):$", text, flags=re.M))
+    assert lints <= {"Specify a conda environment or container for each rule."}, text[-3000:]
+
+
+# ----------------------------------------------------------------------------- a real run, then reruns
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real end-to-end run of the tiny config (about a minute on 2 cores)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, config=TINY)
+    return workdir
+
+
+def test_end_to_end_outputs(tiny_run):
+    results = tiny_run / "results"
+    rows = list(csv.DictReader(open(results / "summary.csv")))
+    assert {(r["method"], r["solver"], int(r["nfe"])) for r in rows} == \
+        {(m, s, n) for m in TINY["methods"] for s in TINY["solvers"] for n in (3, 5)}
+    assert {r["metric"] for r in rows} == {"ode_rmse", "target_sliced_w2"}
+    assert all(float(r["value"]) > 0 and r["num_samples"] == "32" for r in rows)
+    for plot in PLOTS:
+        assert (results / "plots" / f"mix2d-{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (results / "report.html").read_text()
+    assert all(f"plots/mix2d-{p}.png" in report for p in PLOTS) and 'href="summary.csv"' in report
+    schedule = json.loads((results / "mix2d/schedules/score-optimal/heun-nfe5.json").read_text())
+    assert schedule["nfe"] == 5 and schedule["sigmas"][-1] == 0.0 and schedule["params"]["probe_intervals"] == 20
+    # Long stages log their progress (the CLI's -v) into the rules' log files.
+    assert "probed 16/16 samples per interval" in (results / "logs/mix2d/probes.log").read_text()
+    assert "sampled 32/32" in (results / "logs/mix2d/samples/edm/euler-nfe3.log").read_text()
+
+
+def test_rerun_nothing_changed(tiny_run):
+    assert plan(tiny_run, TINY) == {}
+
+
+AGGREGATES = {"summary", "plot_quality", "plot_schedules", "plot_samples", "plot_lambda", "report", "all"}
+
+
+def test_rerun_one_more_nfe(tiny_run):
+    """Adding one NFE schedules only that NFE's schedule, sample and metric jobs, plus the aggregates."""
+    config = copy.deepcopy(TINY)
+    config["solvers"]["euler"].append(7)
+    got = plan(tiny_run, config)
+    n = len(TINY["methods"])
+    assert {k: got.pop(k) for k in ("schedule", "sample", "evaluate")} == {"schedule": n, "sample": n, "evaluate": n}
+    assert set(got) <= AGGREGATES and "plot_lambda" not in got and "plot_samples" not in got
+    assert got["summary"] == got["report"] == 1
+
+
+def test_rerun_probe_setting(tiny_run):
+    """Changing a probe setting reruns the probe and what depends on it (score-optimal cells), nothing else."""
+    config = copy.deepcopy(TINY)
+    config["probe"]["corrector"]["samples"] = 24
+    got = plan(tiny_run, config)
+    probed = sum(len(v) for v in TINY["solvers"].values())  # score-optimal cells: every solver and NFE
+    assert {k: got.pop(k) for k in ("probe_corrector", "schedule", "sample", "evaluate")} == \
+        {"probe_corrector": 1, "schedule": probed, "sample": probed, "evaluate": probed}
+    assert set(got) <= AGGREGATES and "model_json" not in got
