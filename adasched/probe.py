@@ -473,6 +473,22 @@ def _check_same(path: Path, st: ProbeResult, sigmas: np.ndarray | None, cost: st
                         f"got seed={seed}; omit the seed to add samples with new seeds")
 
 
+def _conditioned(denoise: Callable, data_sampler: Callable, data_seeds: Sequence[int]) -> Callable:
+    """A class-conditional model (``label_dim > 0``) bound to the labels of the data rows it is probed on.
+
+    Labels come from the data sampler's ``labels(seeds)`` (labelled sources, :mod:`adasched.data`); a
+    conditional model probed on unlabelled data is an error, never silently unconditional.
+    """
+    if not getattr(denoise, "label_dim", 0):
+        return denoise
+    labels = getattr(data_sampler, "labels", None)
+    labels = labels(data_seeds) if callable(labels) else None
+    if labels is None:
+        raise DataError("the model is class-conditional but the probe data has no labels; "
+                        "use a labelled source (digits, cifar10, npz with 'labels', images with dataset.json)")
+    return denoise.with_labels(labels)
+
+
 def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samples: int | None,
           path: str | os.PathLike, *, total_samples: int | None = None, seed: int | None = None,
           batch: int = 256, weighting: str = "lower", cost: str = "corrector", hutchinson: int = 1,
@@ -580,12 +596,13 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
             costs = np.empty((len(seeds), k))
             for i in range(k):
                 x0, eps = interval_inputs(data_sampler, seeds, i)
+                model = _conditioned(denoise, data_sampler, derive_seeds(seeds, i, 0).tolist())
                 if cost == "corrector":
-                    c = corrector_costs(denoise, x0.to(device), eps.to(device), float(sigmas[i]),
+                    c = corrector_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
                                         float(sigmas[i + 1]), weighting=weighting, dtype=dtype)
                 else:
                     xi = rademacher(derive_seeds(seeds, i, 2), x0.shape[1:], hutchinson)
-                    c = predictor_costs(denoise, x0.to(device), eps.to(device), float(sigmas[i]),
+                    c = predictor_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
                                         float(sigmas[i + 1]), xi.to(device), weighting=weighting, dtype=dtype)
                 costs[:, i] = c.cpu().numpy()
             if not np.isfinite(costs).all():

@@ -425,3 +425,36 @@ def test_predictor_cost_power_law_gaussian_closed_form():
     k = (1 + h * hi / a_hi) / a_lo - (1 - h * hi / a_hi) / a_hi
     y = p.to_spectral(x0 + hi * eps)
     torch.testing.assert_close(got, lo**2 * (k**2 * y**2).flatten(1).sum(1), rtol=1e-10, atol=0)
+
+
+def test_conditional_model_is_probed_with_the_labels_of_its_data_rows(tmp_path):
+    """A class-conditional model sees, for every row, the label of the data row that was noised."""
+    from adasched.data import LabelledSampler
+
+    data = torch.arange(20, dtype=torch.float64).reshape(20, 1) / 10
+    labels = torch.arange(20) % 4
+    sampler = LabelledSampler(data, labels=labels, num_classes=4, description="toy")
+
+    class Conditional:
+        label_dim = 4
+        seen: list = []
+
+        def __init__(self, bound=None):
+            self.bound = bound
+
+        def with_labels(self, lab):
+            return Conditional(lab)
+
+        def __call__(self, x, sigma):
+            assert self.bound is not None and len(self.bound) == len(x)
+            Conditional.seen.append(self.bound.clone())
+            return torch.zeros_like(x)
+
+    res = probe(Conditional(), sampler, probe_grid(2, 0.1, 1.0), 6, tmp_path / "c.h5", dtype=torch.float64)
+    assert (res.count == 6).all() and Conditional.seen
+    for i in range(2):  # labels equal those of the rows the data sampler drew for this interval
+        rows = sampler.indices(derive_seeds(list(range(6)), i, 0).tolist())
+        assert torch.equal(Conditional.seen[2 * i], labels[torch.from_numpy(rows)])
+    with pytest.raises(DataError, match="no labels"):
+        probe(Conditional(), target_sampler(GaussianMixture([1.0], [[0.0]], [[1.0]]), "g"), probe_grid(2, 0.1, 1.0),
+              2, tmp_path / "d.h5", dtype=torch.float64)
