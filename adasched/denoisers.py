@@ -23,6 +23,7 @@ __all__ = [
     "EpsDenoiser",
     "VDenoiser",
     "VPLinearBeta",
+    "NetworkDenoiser",
 ]
 
 
@@ -146,3 +147,19 @@ class VDenoiser:
         return (sd**2 / norm**2) * x - (s * sd / norm) * v
 
 
+
+
+class NetworkDenoiser:
+    """Base of denoisers that wrap a ``torch.nn.Module`` as ``self.net``: its parameters' dtype and device."""
+
+    net: torch.nn.Module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        p = next(self.net.parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.net.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from adasched.denoisers import EpsDenoiser, VDenoiser
+from adasched.denoisers import EpsDenoiser, NetworkDenoiser, VDenoiser
 from adasched.errors import ModelError
 
 __all__ = ["DiffusersDenoiser", "load_diffusers", "training_sigmas", "resolve_source", "WEIGHTS", "PICKLE_WEIGHTS"]
@@ -71,7 +71,7 @@ def training_sigmas(alphas_cumprod) -> torch.Tensor:
     return torch.sqrt((1 - ab) / ab)
 
 
-class DiffusersDenoiser:
+class DiffusersDenoiser(NetworkDenoiser):
     """A discrete-time VP network ``net(x_vp, t).sample`` (diffusers ``UNet2DModel``) as ``D(x, sigma)``.
 
     Attributes: ``sigmas`` (the ``T`` training sigmas, increasing, float64 CPU), ``sigma_min`` and
@@ -202,16 +202,6 @@ class DiffusersDenoiser:
         return labels
 
     # -- evaluation ------------------------------------------------------------------------------
-
-    @property
-    def dtype(self) -> torch.dtype:
-        p = next(self.net.parameters(), None)
-        return p.dtype if p is not None else torch.float32
-
-    @property
-    def device(self) -> torch.device:
-        p = next(self.net.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
 
     def _net(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The raw network on the VP input, in the caller's dtype and device."""

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 
 from adasched import registry
+from adasched.denoisers import NetworkDenoiser
 from adasched.download import fetch, lock_entry, recorded_hashes
 from adasched.errors import AdaschedError, ModelError
 
@@ -407,7 +408,7 @@ def _register_spec_kind() -> None:
 # The denoiser wrapper
 
 
-class EDMDenoiser:
+class EDMDenoiser(NetworkDenoiser):
     """An EDM network ``net(x, sigma, class_labels)`` as adasched's denoiser ``D(x, sigma)``.
 
     EDM's networks apply their preconditioning (``c_skip``, ``c_out``, ``c_in``, ``c_noise``)
@@ -454,16 +455,6 @@ class EDMDenoiser:
         if self.img_channels is None or self.img_resolution is None:
             return None
         return (int(self.img_channels), int(self.img_resolution), int(self.img_resolution))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        p = next(self.net.parameters(), None)
-        return p.dtype if p is not None else torch.float32
-
-    @property
-    def device(self) -> torch.device:
-        p = next(self.net.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
 
     def with_labels(self, class_labels: torch.Tensor | None) -> "EDMDenoiser":
         """A wrapper of the same network with ``class_labels`` bound (see the class docstring)."""
