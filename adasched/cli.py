@@ -73,7 +73,7 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _solver_options(args) -> dict:
+def solver_options(args) -> dict:
     """Solver keyword options given on the command line (only those the user set)."""
     names = {"s_churn": "S_churn", "s_min": "S_min", "s_max": "S_max", "s_noise": "S_noise",
              "langevin_steps": "langevin_steps", "langevin_eta": "langevin_eta", "max_order": "max_order"}
@@ -237,7 +237,7 @@ def _add_image_metric_options(p):
 PROBED_METHODS = {"score-optimal": "corrector", "score-optimal-po": "predictor", "solver-aware": "corrector"}
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
@@ -290,7 +290,7 @@ def cmd_schedule(args) -> None:
     from adasched.samplers import nfe_for_steps, steps_for_nfe
     from adasched.schedules import CLOSED_FORM, SIGMA_MAX, SIGMA_MIN, Schedule
 
-    opts = _solver_options(args)
+    opts = solver_options(args)
     if args.method in PROBED_METHODS:
         if args.sigma_min == SIGMA_MIN and args.sigma_max == SIGMA_MAX:
             args.sigma_min = args.sigma_max = None  # default to the probed range
@@ -319,10 +319,10 @@ def cmd_sample(args) -> None:
 
     schedule = Schedule.load(args.schedule)
     opts = dict(schedule.params.get("solver_options", {})) if schedule.solver == args.solver else {}
-    opts.update(_solver_options(args))
+    opts.update(solver_options(args))
     if schedule.solver != args.solver:
         log.warning("schedule %s was made for %s, sampling with %s", args.schedule, schedule.solver, args.solver)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.model, device=device, trust=args.trust_pickle)
     seeds = list(range(args.seed_start, args.seed_start + args.num))
     with torch.inference_mode():
@@ -343,7 +343,7 @@ def cmd_probe(args) -> None:
     from adasched.models import load_model
     from adasched.probe import probe, probe_grid
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.model, device=device, trust=args.trust_pickle)
     analytic = callable(getattr(model, "sample", None))
     sampler = load_data_sampler(args.data or ("target" if analytic else "model"), model)
@@ -375,7 +375,7 @@ def cmd_evaluate(args) -> None:
         images, runs = image_metrics(args.samples, fid=args.fid, fid_ref=args.fid_ref, digits_fd=args.digits_fd,
                                      classifier=args.classifier, num_images=args.num_images,
                                      seed_ranges=args.seed_ranges, resources=args.resources, lockfile=args.lockfile,
-                                     download=not args.offline, device=_device(args.device), batch_size=args.batch)
+                                     download=not args.offline, device=resolve_device(args.device), batch_size=args.batch)
         out = {**runs, **out, "metrics": {**out["metrics"], **{k: m.value for k, m in images.items()}}}
     one = len(args.samples) == 1
     hashes = [sha256_file(s) for s in args.samples]
@@ -410,7 +410,7 @@ def cmd_train(args) -> None:
                          online_levels=args.online_levels, online_gamma=args.online_gamma,
                          online_fraction=args.online_fraction, online_n_min=args.online_n_min,
                          log_every=args.log_every)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = train(config, args.output, device=device, checkpoint=args.checkpoint,
                   checkpoint_every=args.checkpoint_every)
     if args.schedule_out:
@@ -421,6 +421,23 @@ def cmd_train(args) -> None:
 
 COMMANDS = {"schedule": cmd_schedule, "sample": cmd_sample, "probe": cmd_probe, "evaluate": cmd_evaluate,
             "train": cmd_train}
+
+
+def cli_argv(command: str, options: dict) -> list[str]:
+    """``adasched`` arguments from keyword options: ``seed_start=0`` -> ``--seed-start 0``; ``True`` is a bare
+    flag, ``False``/``None`` are left out, lists repeat values after one flag; ``output`` becomes ``-o``."""
+    argv = [command]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "-o" if key == "output" else "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,9 +39,8 @@ digest of the job's inputs; it is reused only by a job with the same digest, and
 is in place.  A shard of :func:`map` that finished leaves ``.<output name>.dispatch.json`` with its input
 digest; a later :func:`map` with the same inputs skips it.
 
-Workflow scripts call :func:`stage` (one job) or :func:`stage_map` (one array) with the rule's log and the
-workflow config, whose ``dispatch`` block (:meth:`Dispatcher.from_config`) chooses the executor; see
-docs/slurm.md.
+Workflow scripts call :func:`stage` with the rule's log and the workflow config, whose ``dispatch`` block
+(:meth:`Dispatcher.from_config`) chooses the executor; see docs/slurm.md.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ __all__ = [
     "run",
     "map",
     "stage",
-    "stage_map",
+    "sample_in_shards",
     "Dispatcher",
     "SlurmOptions",
     "ProbeJob",
@@ -172,7 +171,7 @@ class SlurmOptions:
         return p
 
 
-_DISPATCH_KEYS = ("executor", "log_dir", "poll_s", "slurm", "stages")
+_DISPATCH_KEYS = ("executor", "log_dir", "poll_s", "sample_shards", "slurm", "stages")
 
 
 @dataclass(frozen=True)
@@ -208,6 +207,7 @@ class Dispatcher:
               executor: slurm            # local (default) | slurm | debug
               log_dir: results/logs/slurm  # default: <results>/logs/slurm; on a shared filesystem
               poll_s: 15                 # seconds between squeue calls
+              sample_shards: 1           # > 1: each sample job as this many seed ranges, one array (stage())
               slurm: {partition: gpu, gpus_per_job: 1, cpus_per_task: 8, mem_gb: 32, time_min: 240,
                       array_parallelism: 16, setup: ["module load cuda/12.4"], additional: {qos: normal}}
               stages:                    # per-stage changes (stage = adasched command), incl. executor
@@ -743,7 +743,7 @@ def partial_dir(output: str | os.PathLike) -> Path:
 def _parse(command: str, options: dict):
     """``options`` through the ``adasched COMMAND`` parser: the same names, checks and defaults as the CLI."""
     from adasched.cli import build_parser
-    from adasched.workflow import cli_argv
+    from adasched.cli import cli_argv
 
     err = io.StringIO()
     try:
@@ -757,22 +757,15 @@ def _parse(command: str, options: dict):
 @contextlib.contextmanager
 def _job_logging():
     """In a SLURM job nothing handles ``adasched`` log records: send them to stderr (the job's ``.err``)."""
-    logger = logging.getLogger("adasched")
-    if logger.handlers or logging.getLogger().handlers:
-        yield
-        return
     import sys
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("adasched: %(message)s"))
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    from adasched.io import log_records_to
+
+    if logging.getLogger("adasched").handlers or logging.getLogger().handlers:
         yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
+        return
+    with log_records_to(sys.stderr):
+        yield
 
 
 class _Job:
@@ -807,7 +800,7 @@ class _Job:
             digest = self.digest()
             if _shard_done(self.output, digest):
                 # e.g. a job requeued after it had finished, or a stage called again with the same inputs
-                log.info("adasched %s: %s is already made from the same inputs", self.command, self.output)
+                log.info("%s: %s is already made from the same inputs", self.command, self.output)
                 return str(self.output)
             self.run()
             _write_marker(self.output, digest, self.command)
@@ -818,12 +811,12 @@ class _Job:
 
     def on_batch(self, done: int, total: int) -> None:
         """Called after each batch of work is safely on disk (progress; tests slow jobs down here)."""
-        log.info("adasched %s: %d/%d done (%s)", self.command, done, total, self.output)
+        log.info("%s: %d/%d batches done (%s)", self.command, done, total, self.output)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        log.info("adasched %s: checkpoint; the requeued job resumes from %s", self.command, partial_dir(self.output))
+        log.info("%s: checkpoint; the requeued job resumes from %s", self.command, partial_dir(self.output))
         return submitit.helpers.DelayedSubmission(self)
 
     # -- work in progress
@@ -839,7 +832,7 @@ class _Job:
             except (OSError, ValueError, AttributeError):
                 same = False
             if not same:
-                log.info("adasched %s: discarding work in %s made from other inputs", self.command, work)
+                log.info("%s: discarding work in %s made from other inputs", self.command, work)
                 shutil.rmtree(work)
         if not work.exists():
             from adasched.io import write_json
@@ -860,7 +853,7 @@ class ProbeJob(_Job):
     def run(self) -> None:
         import torch
 
-        from adasched.cli import _device
+        from adasched.cli import resolve_device
         from adasched.data import load_data_sampler
         from adasched.models import load_model
         from adasched.probe import probe, probe_grid, read_probes
@@ -869,8 +862,8 @@ class ProbeJob(_Job):
         work = self._partial()
         h5 = work / "probes.h5"
         if h5.exists():
-            log.info("adasched probe: resuming %s at %d samples per interval", h5, read_probes(h5).samples)
-        device = _device(args.device)
+            log.info("probe: resuming %s at %d samples per interval", h5, read_probes(h5).samples)
+        device = resolve_device(args.device)
         model = load_model(args.model, device=device, trust=args.trust_pickle)
         analytic = callable(getattr(model, "sample", None))
         sampler = load_data_sampler(args.data or ("target" if analytic else "model"), model)
@@ -897,7 +890,7 @@ class SampleJob(_Job):
         import numpy as np
         import torch
 
-        from adasched.cli import _device, _solver_options
+        from adasched.cli import resolve_device, solver_options
         from adasched.io import provenance, save_npz
         from adasched.models import load_model
         from adasched.samplers import generate, get_solver
@@ -906,7 +899,7 @@ class SampleJob(_Job):
         args = _parse("sample", self.options)
         schedule = Schedule.load(args.schedule)
         opts = dict(schedule.params.get("solver_options", {})) if schedule.solver == args.solver else {}
-        opts.update(_solver_options(args))
+        opts.update(solver_options(args))
         if schedule.solver != args.solver:
             log.warning("schedule %s was made for %s, sampling with %s", args.schedule, schedule.solver, args.solver)
         work = self._partial()
@@ -914,8 +907,8 @@ class SampleJob(_Job):
         chunks = [seeds[i:i + args.batch] for i in range(0, len(seeds), args.batch)]
         done = _complete_batches(work, chunks)
         if done:
-            log.info("adasched sample: resuming %s after %d of %d batches", self.output, done, len(chunks))
-        device = _device(args.device)
+            log.info("sample: resuming %s after %d of %d batches", self.output, done, len(chunks))
+        device = resolve_device(args.device)
         model = load_model(args.model, device=device, trust=args.trust_pickle) if done < len(chunks) else None
         for k in range(done, len(chunks)):
             with torch.inference_mode():
@@ -990,30 +983,11 @@ def job_for(command: str, options: dict) -> _Job:
 
 
 def call(job: Callable) -> Any:
-    """``job()``: the function :func:`stage_map` maps over job objects."""
+    """``job()``: the function :meth:`Dispatcher.map` maps over job objects."""
     return job()
 
 
 # ------------------------------------------------------------------------------------ workflow scripts
-
-
-@contextlib.contextmanager
-def _rule_log(log_path: str | os.PathLike):
-    """Send ``adasched`` log records (INFO and up) to the rule's log for the duration (appending)."""
-    path = Path(log_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        handler = logging.StreamHandler(f)
-        handler.setFormatter(logging.Formatter("adasched: %(message)s"))
-        logger = logging.getLogger("adasched")
-        old = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            yield f
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(old)
 
 
 def stage(command: str, log_path: str | os.PathLike, config: dict | None = None, **options) -> str:
@@ -1021,47 +995,89 @@ def stage(command: str, log_path: str | os.PathLike, config: dict | None = None,
 
     ``options`` are the CLI's (``output=`` for ``-o``), as the rule's ``params`` hold them.  ``probe`` and
     ``sample`` run as resumable jobs (:class:`ProbeJob`, :class:`SampleJob`), other commands as
-    :class:`CliJob`.  Progress, SLURM job ids and log paths go to ``log_path`` (which is started afresh);
-    after a SLURM job its own stderr log is appended.  A failure raises one :class:`AdaschedError`
-    naming the job and its log.
+    :class:`CliJob`.  With ``dispatch.sample_shards: N > 1`` a ``sample`` is split into N seed ranges run as
+    one job array and merged (:func:`sample_in_shards`).  Progress, SLURM job ids and log paths go to
+    ``log_path`` (which is started afresh), and so does stderr of local work; after a SLURM job its own
+    stderr log is appended.  A failure raises one :class:`AdaschedError` naming the job and its log.
     """
-    from adasched.workflow import cli_argv
+    from adasched.cli import cli_argv
+    from adasched.workflow import logging_to
 
     d = Dispatcher.from_config(config, stage=command)
     job = job_for(command, options)
+    shards = _sample_shards(config) if command == "sample" else 1
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(log_path).write_text("adasched " + " ".join(cli_argv(command, options)) + f"  [executor: {d.executor}]\n")
+    Path(log_path).write_text("adasched " + " ".join(cli_argv(command, options)) + f"  [executor: {d.executor}"
+                              + (f", {shards} seed shards" if shards > 1 else "") + "]\n")
     label = f"{command} {job.output}"
-    with _rule_log(log_path) as f:
-        if d.executor == "local":
-            try:
-                return d.run(job, name=label)
-            except AdaschedError as e:
-                log.error("%s", e)
-                raise AdaschedError(f"adasched {command} failed: {e} (log: {log_path})") from None
-        outcome = d._run_jobs(label, [job])[0]
-        f.write(f"---- SLURM job {outcome.job_id}: {outcome.stderr} ----\n")
-        f.write(_tail(outcome.stderr))
-        f.flush()
-        if not outcome.ok:
-            log.error("%s", outcome.message())
-        return outcome.value()
-
-
-def stage_map(command: str, log_path: str | os.PathLike, config: dict | None = None,
-              items: Iterable[dict] = ()) -> list[str]:
-    """Run ``adasched COMMAND`` once per item (CLI options with ``output``) as ONE job array; shards whose
-    output exists from the same inputs are skipped (:meth:`Dispatcher.map`).  Returns the outputs."""
-    d = Dispatcher.from_config(config, stage=command)
-    jobs = [job_for(command, dict(item)) for item in items]
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(log_path).write_text(f"adasched {command} x {len(jobs)}  [executor: {d.executor}]\n")
-    with _rule_log(log_path):
+    with logging_to(log_path, append=True) as f:
         try:
-            return d.map(call, jobs, outputs=[j.output for j in jobs], name=command)
+            if shards > 1:
+                return sample_in_shards(d, job, shards)
+            if d.executor == "local":
+                return d.run(job, name=label)
+            outcome = d._run_jobs(label, [job])[0]
+            f.write(f"---- SLURM job {outcome.job_id}: {outcome.stderr} ----\n")
+            f.write(_tail(outcome.stderr))
+            f.flush()
+            return outcome.value()
         except AdaschedError as e:
             log.error("%s", e)
-            raise
+            if d.executor != "local":
+                raise
+            raise AdaschedError(f"adasched {command} failed: {e} (log: {log_path})") from None
+
+
+def _sample_shards(config: dict | None) -> int:
+    block = (config or {}).get("dispatch") or {}
+    n = block.get("sample_shards") or 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise AdaschedError(f"dispatch.sample_shards: expected an integer >= 1, got {n!r}")
+    return n
+
+
+def sample_in_shards(d: Dispatcher, job: "SampleJob", shards: int) -> str:
+    """``job``'s samples as ``shards`` contiguous seed ranges, ONE job array, merged into ``job.output``.
+
+    Every sample depends on its seed alone, so the merged file holds the arrays an unsharded run writes,
+    bit for bit.  Shards live in ``.<output name>.shards/`` beside the output; a shard finished from the
+    same inputs is not run again (a rerun after a failed or cancelled array only submits the rest), and
+    the folder is removed once the merged output is in place.
+    """
+    import numpy as np
+
+    from adasched.io import save_npz
+
+    opts = job.options
+    num, start = int(opts.get("num", 256)), int(opts.get("seed_start", 0))
+    if shards > num:
+        raise AdaschedError(f"dispatch.sample_shards ({shards}) is more than the {num} samples of {job.output}")
+    digest = job.digest()
+    if _shard_done(job.output, digest):
+        log.info("sample: %s is already made from the same inputs", job.output)
+        return str(job.output)
+    folder = job.output.parent / f".{job.output.name}.shards"
+    bounds = [start + (num * k) // shards for k in range(shards + 1)]
+    parts = [SampleJob(dict(opts, seed_start=a, num=b - a, output=str(folder / f"shard-{k:04d}.npz")))
+             for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+    def merge(paths: list[str]) -> None:
+        loaded = []
+        for p in paths:
+            with np.load(p) as z:
+                loaded.append({key: z[key] for key in z.files})
+        arrays = dict(loaded[0])
+        for key in ("samples", "latents", "seeds"):
+            arrays[key] = np.concatenate([z[key] for z in loaded])
+        for key in ("sigmas", "nfe", "solver", "method"):
+            if any(not np.array_equal(z[key], arrays[key]) for z in loaded[1:]):
+                raise AdaschedError(f"sample shards of {job.output} disagree on {key}")
+        save_npz(job.output, **arrays)
+        _write_marker(job.output, digest, "sample")
+        shutil.rmtree(folder, ignore_errors=True)
+
+    d.map(call, parts, outputs=[p.output for p in parts], merge=merge, name=f"sample {job.output}")
+    return str(job.output)
 
 
 def _tail(path: Path, max_bytes: int = 200_000) -> str:

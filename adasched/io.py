@@ -1,4 +1,4 @@
-"""Atomic file output and provenance.
+"""Atomic file output, provenance, and where log records go.
 
 Every file adasched writes goes to a temporary name in the target folder and is moved into place with
 :func:`os.replace`, so a crash never leaves a half-written output behind.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import sys
@@ -18,7 +19,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "read_json", "save_npz", "provenance", "sha256_file"]
+__all__ = ["atomic_path", "write_json", "read_json", "save_npz", "provenance", "sha256_file", "log_records_to"]
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it before Python 3.13; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -32,6 +42,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the umask),
+        # so results are readable by whoever may read the folder (a shared cluster filesystem).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -90,3 +103,19 @@ def provenance(**extra: Any) -> dict:
     }
     out.update(extra)
     return out
+
+
+@contextlib.contextmanager
+def log_records_to(stream) -> Iterator[None]:
+    """Send the ``adasched`` loggers' records (INFO and up) to ``stream`` for the duration, as ``adasched: MSG``."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("adasched: %(message)s"))
+    logger = logging.getLogger("adasched")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)

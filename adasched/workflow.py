@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from adasched.errors import AdaschedError
 
-__all__ = ["Sweep", "cli_argv", "run_cli", "write_model_json", "metric_rows", "write_summary", "read_summary",
+__all__ = ["Sweep", "logging_to", "write_model_json", "metric_rows", "write_summary", "read_summary",
            "parse_cell", "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "SUMMARY_FIELDS"]
 
 log = logging.getLogger(__name__)
@@ -384,59 +384,14 @@ class Sweep:
 # ------------------------------------------------------------------------------------------------ scripts
 
 
-def cli_argv(command: str, options: dict) -> list[str]:
-    """``adasched`` arguments from keyword options: ``seed_start=0`` -> ``--seed-start 0``; ``True`` is a bare
-    flag, ``False``/``None`` are left out, lists repeat values after one flag; ``output`` becomes ``-o``."""
-    argv = [command]
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "-o" if key == "output" else "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def run_cli(command: str, log_path: str | os.PathLike, **options) -> None:
-    """Run ``adasched COMMAND`` in this process with progress (``-v``) and errors going to ``log_path``.
-
-    A non-zero exit raises :class:`~adasched.errors.AdaschedError` with the log's last line, so the failing
-    rule names its problem (Snakemake shows the log with ``--show-failed-logs``).
-    """
-    from adasched.cli import main
-
-    argv = cli_argv(command, options) + ["-v"]
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as f, contextlib.redirect_stderr(f):
-        f.write("adasched " + " ".join(argv) + "\n")
-        f.flush()
-        rc = main(argv)
-    if rc:
-        lines = [ln for ln in Path(log_path).read_text().splitlines() if ln.strip()]
-        raise AdaschedError(f"adasched {command} exited {rc}: {lines[-1] if lines else '(no output)'} "
-                            f"(log: {log_path})")
-
-
 @contextlib.contextmanager
-def logging_to(log_path: str | os.PathLike):
+def logging_to(log_path: str | os.PathLike, append: bool = False):
     """Send ``adasched`` log records (INFO and up) and stderr to ``log_path`` for a script's duration."""
+    from adasched.io import log_records_to
+
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as f, contextlib.redirect_stderr(f):
-        handler = logging.StreamHandler(f)
-        handler.setFormatter(logging.Formatter("adasched: %(message)s"))
-        logger = logging.getLogger("adasched")
-        old = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(old)
+    with open(log_path, "a" if append else "w") as f, contextlib.redirect_stderr(f), log_records_to(f):
+        yield f
 
 
 def write_model_json(kind: str, output: str | os.PathLike, definition: dict | None = None,

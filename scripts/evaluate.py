@@ -1,6 +1,7 @@
-"""Rule evaluate: the metrics of one samples file (adasched evaluate)."""
+"""Rule evaluate: the metrics of one samples file (adasched evaluate), where dispatch says."""
 
-from adasched.workflow import run_cli
+from adasched.dispatch import stage
 
-run_cli("evaluate", snakemake.log[0], samples=snakemake.input.samples, reference=snakemake.input.get("reference"),
-        classifier=snakemake.input.get("classifier"), output=snakemake.output[0], **snakemake.params.options)
+stage("evaluate", snakemake.log[0], snakemake.config, samples=snakemake.input.samples,
+      reference=snakemake.input.get("reference"), classifier=snakemake.input.get("classifier"),
+      output=snakemake.output[0], **snakemake.params.options)

@@ -1,5 +1,5 @@
-"""Rules probe_corrector, probe_predictor: incremental costs on a probe grid (adasched probe)."""
+"""Rules probe_corrector, probe_predictor: incremental costs on a probe grid (adasched probe), where dispatch says."""
 
-from adasched.workflow import run_cli
+from adasched.dispatch import stage
 
-run_cli("probe", snakemake.log[0], output=snakemake.output[0], **snakemake.params.options)
+stage("probe", snakemake.log[0], snakemake.config, output=snakemake.output[0], **snakemake.params.options)

@@ -1,6 +1,6 @@
-"""Rule sample: draw samples along one schedule with its solver (adasched sample)."""
+"""Rule sample: draw samples along one schedule with its solver (adasched sample), where dispatch says."""
 
-from adasched.workflow import run_cli
+from adasched.dispatch import stage
 
-run_cli("sample", snakemake.log[0], schedule=snakemake.input.schedule, solver=snakemake.wildcards.solver,
-        output=snakemake.output[0], **snakemake.params.options)
+stage("sample", snakemake.log[0], snakemake.config, schedule=snakemake.input.schedule,
+      solver=snakemake.wildcards.solver, output=snakemake.output[0], **snakemake.params.options)

@@ -1,7 +1,7 @@
-"""Rule schedule: one schedule JSON for a model, method, solver and NFE (adasched schedule)."""
+"""Rule schedule: one schedule JSON for a model, method, solver and NFE (adasched schedule), where dispatch says."""
 
-from adasched.workflow import run_cli
+from adasched.dispatch import stage
 
 w = snakemake.wildcards
-run_cli("schedule", snakemake.log[0], method=w.method, solver=w.solver, nfe=w.nfe,
-        probes=snakemake.input.get("probes"), output=snakemake.output[0], **snakemake.params.options)
+stage("schedule", snakemake.log[0], snakemake.config, method=w.method, solver=w.solver, nfe=w.nfe,
+      probes=snakemake.input.get("probes"), output=snakemake.output[0], **snakemake.params.options)

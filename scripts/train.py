@@ -1,5 +1,6 @@
-"""Rule train: the digits network with the online schedule learner (adasched train)."""
+"""Rule train: the digits network with the online schedule learner (adasched train), where dispatch says."""
 
-from adasched.workflow import run_cli
+from adasched.dispatch import stage
 
-run_cli("train", snakemake.log[0], data="digits", output=snakemake.output[0], **snakemake.params.options)
+stage("train", snakemake.log[0], snakemake.config, data="digits", output=snakemake.output[0],
+      **snakemake.params.options)

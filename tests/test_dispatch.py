@@ -91,7 +91,7 @@ def covered_once(runs: np.ndarray, stop: int) -> bool:
 #: signal handler, which Python swallows when the signal lands in a weakref callback or __del__ ("Exception
 #: ignored in ..."): the first run then goes on until SLURM kills it (KillWait) and may finish everything,
 #: and the requeued run finds the output with its record and stops.  Both end with the same output.
-RESUMED = re.compile(r"adasched (probe|sample): resuming|is already made from the same inputs")
+RESUMED = re.compile(r"(probe|sample): resuming|is already made from the same inputs")
 
 
 def batches_on_disk(output) -> int:
@@ -208,6 +208,33 @@ def test_local_stages_write_what_the_cli_writes(inputs, tmp_path):
     assert_same_probes(tmp_path / "cli.h5", tmp_path / "p.h5")
     assert "running in this process" in (tmp_path / "s.log").read_text()
     assert not any(dispatch.partial_dir(tmp_path / f).exists() for f in ("s.npz", "p.h5"))
+
+
+def test_sample_in_seed_shards_is_the_unsharded_sample(inputs, tmp_path):
+    """dispatch.sample_shards splits a sample into seed ranges and merges them into the unsharded file; a
+    rerun after a failed shard runs only the shards that are missing."""
+    so = sample_options(inputs, tmp_path / "whole.npz", num=50)
+    dispatch.SampleJob(so)()
+    cfg = {"dispatch": {"executor": "local", "sample_shards": 3}}
+    out = tmp_path / "sharded.npz"
+    assert dispatch.stage("sample", tmp_path / "s.log", cfg, **(so | {"output": str(out)})) == str(out)
+    assert_same_samples(tmp_path / "whole.npz", out)
+    log_text = (tmp_path / "s.log").read_text()
+    assert "3 seed shards" in log_text and "running 3 shard(s) in this process" in log_text
+    assert not (tmp_path / ".sharded.npz.shards").exists()
+    # A finished output is recognised; a shard folder left by a failed array is resumed shard by shard.
+    dispatch.stage("sample", tmp_path / "s.log", cfg, **(so | {"output": str(out)}))
+    assert "already made from the same inputs" in (tmp_path / "s.log").read_text()
+    out2 = tmp_path / "again.npz"
+    first = dispatch.SampleJob(so | {"seed_start": 0, "num": 16, "output": str(tmp_path / ".again.npz.shards/shard-0000.npz")})
+    first()
+    dispatch.stage("sample", tmp_path / "s2.log", cfg, **(so | {"output": str(out2)}))
+    assert "1 of 3 shards already done" in (tmp_path / "s2.log").read_text()
+    assert_same_samples(tmp_path / "whole.npz", out2)
+    with pytest.raises(AdaschedError, match=r"sample_shards \(60\) is more than the 50 samples"):
+        dispatch.stage("sample", tmp_path / "s3.log", {"dispatch": {"sample_shards": 60}},
+                       **(so | {"output": str(tmp_path / "x.npz")}))
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_interrupted_sample_resumes_bit_identical(inputs, tmp_path, caplog):
@@ -357,7 +384,7 @@ def test_slurm_gives_the_local_results(slurm_cluster, inputs, tmp_path, job_env)
     rule_log = (tmp_path / "s.log").read_text()  # the rule's log names the job and its log files
     job = re.search(r"submitted SLURM job (\d+); stdout (\S+), stderr (\S+)", rule_log)
     assert job and Path(job[2]).is_file() and Path(job[3]).is_file() and f"SLURM job {job[1]} finished" in rule_log
-    assert "adasched sample: 6/6 done" in rule_log  # the job's own log, appended
+    assert "sample: 6/6 batches done" in rule_log  # the job's own log, appended
     submission = (tmp_path / "slurm-logs" / job[1] / f"{job[1]}_submission.sh").read_text()
     assert "export HDF5_USE_FILE_LOCKING=FALSE" in submission and "#SBATCH --requeue" in submission
     # plain functions with arguments, through the module-level API

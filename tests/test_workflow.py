@@ -17,12 +17,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from adasched.cli import cli_argv
 from adasched.errors import AdaschedError
-from adasched.workflow import (KINDS, METHODS, PLOTS, SOLVERS, Sweep, cli_argv, metric_rows, parse_cell,
+from adasched.probe import read_probes
+from adasched.workflow import (KINDS, METHODS, PLOTS, SOLVERS, Sweep, metric_rows, parse_cell,
                                write_model_json, write_summary)
+
+from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEFILE = ROOT / "Snakefile"
@@ -128,12 +133,22 @@ def test_schema_lists_the_library_choices():
 
 
 def test_schema_is_strict_everywhere():
-    """Every object schema names its keys and refuses others (maps of user names refuse bad names)."""
+    """Every object schema names its keys and refuses others (maps of user names refuse bad names).
+
+    The one shared fragment, ``$defs.slurm_keys`` (the SLURM options, used both as ``dispatch.slurm`` and, with
+    ``executor`` added, as an entry of ``dispatch.stages``), is open on its own and closed where it is used, by
+    ``unevaluatedProperties: false``.
+    """
     schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    fragment = "#/$defs/slurm_keys"
+    uses = []
 
     def walk(node, where):
         if isinstance(node, dict):
-            if node.get("type") == "object" or "properties" in node:
+            if node.get("$ref") == fragment:
+                uses.append(where)
+                assert node.get("unevaluatedProperties") is False, f"{where} uses {fragment} without closing it"
+            elif where != "schema.$defs.slurm_keys" and (node.get("type") == "object" or "properties" in node):
                 assert "additionalProperties" in node, f"{where} lacks additionalProperties"
                 if node["additionalProperties"] is not False:
                     assert "propertyNames" in node, f"{where}: open object without propertyNames"
@@ -145,6 +160,7 @@ def test_schema_is_strict_everywhere():
                 walk(v, f"{where}[{i}]")
 
     walk(schema, "schema")
+    assert len(uses) == 2, uses
 
 
 @pytest.mark.parametrize("change, message", [
@@ -153,6 +169,10 @@ def test_schema_is_strict_everywhere():
     (lambda c: c["models"]["mix2d"].update(train={}), "'train' is not one of"),
     (lambda c: c.update(methods=["edm", "karras"]), "'karras' is not one of"),
     (lambda c: c["solvers"].update(heun=["5"]), "'5' is not of type 'integer'"),
+    (lambda c: c.update(dispatch={"executor": "slurm", "slurm": {"gpus": 1}}), "'gpus' was unexpected"),
+    (lambda c: c.update(dispatch={"stages": {"sample": {"executor": "cloud"}}}), "'cloud' is not one of"),
+    (lambda c: c.update(dispatch={"stages": {"sample": {"mem": 3}}}), "'mem' was unexpected"),
+    (lambda c: c.update(dispatch={"stages": {"plot": {}}}), "'plot' is not one of"),
 ])
 def test_schema_refuses(change, message):
     from snakemake.exceptions import WorkflowError
@@ -352,9 +372,10 @@ def test_end_to_end_outputs(tiny_run):
     assert all(f"plots/mix2d-{p}.png" in report for p in PLOTS) and 'href="summary.csv"' in report
     schedule = json.loads((results / "mix2d/schedules/score-optimal/heun-nfe5.json").read_text())
     assert schedule["nfe"] == 5 and schedule["sigmas"][-1] == 0.0 and schedule["params"]["probe_intervals"] == 20
-    # Long stages log their progress (the CLI's -v) into the rules' log files.
-    assert "probed 16/16 samples per interval" in (results / "logs/mix2d/probes.log").read_text()
-    assert "sampled 32/32" in (results / "logs/mix2d/samples/edm/euler-nfe3.log").read_text()
+    # Long stages log their progress into the rules' log files, which name the executor.
+    probe_log = (results / "logs/mix2d/probes.log").read_text()
+    assert "[executor: local]" in probe_log and "now has 16 samples per interval" in probe_log
+    assert "sample: 1/1 batches done" in (results / "logs/mix2d/samples/edm/euler-nfe3.log").read_text()
 
 
 def test_rerun_nothing_changed(tiny_run):
@@ -384,3 +405,35 @@ def test_rerun_probe_setting(tiny_run):
     assert {k: got.pop(k) for k in ("probe_corrector", "schedule", "sample", "evaluate")} == \
         {"probe_corrector": 1, "schedule": probed, "sample": probed, "evaluate": probed}
     assert set(got) <= AGGREGATES and "model_json" not in got
+
+
+def test_slurm_executor_gives_the_local_results(tiny_run, slurm_cluster, tmp_path):
+    """The tiny config with `dispatch: {executor: slurm}` on the test cluster: probe, sample and evaluate run as
+    SLURM jobs (each sample as a 2-task array of seed shards), schedule stays local; every sample, probe and
+    metric is the local run's, bit for bit, and each rule's log names its SLURM jobs."""
+    config = copy.deepcopy(TINY)
+    config["dispatch"] = {"executor": "slurm", "log_dir": str(tmp_path / "slurm-logs"), "poll_s": 0.5,
+                          "sample_shards": 2,
+                          "slurm": {"gpus_per_job": 0, "cpus_per_task": 1, "mem_gb": 1, "time_min": 5,
+                                    "signal_delay_s": 30},
+                          "stages": {"schedule": {"executor": "local"}}}
+    snakemake(tmp_path, config=config)
+    local, slurm = tiny_run / "results", tmp_path / "results"
+
+    def values(results):
+        return {(r["model"], r["method"], r["solver"], r["nfe"], r["metric"]): r["value"]
+                for r in csv.DictReader(open(results / "summary.csv"))}
+
+    assert values(slurm) == values(local) and len(values(local)) == 16
+    for f in sorted(local.glob("mix2d/samples/*/*.npz")):
+        with np.load(f) as a, np.load(slurm / f.relative_to(local)) as b:
+            assert sorted(a.files) == sorted(b.files)
+            assert all(np.array_equal(a[k], b[k]) for k in a.files if k != "provenance"), f
+    p, q = read_probes(local / "mix2d/probes.h5"), read_probes(slurm / "mix2d/probes.h5")
+    assert np.array_equal(p.sum, q.sum) and np.array_equal(p.sumsq, q.sumsq) and np.array_equal(p.count, q.count)
+    probe_log = (slurm / "logs/mix2d/probes.log").read_text()
+    assert "[executor: slurm]" in probe_log and re.search(r"submitted SLURM job \d+; stdout \S+", probe_log)
+    sample_log = (slurm / "logs/mix2d/samples/edm/heun-nfe5.log").read_text()
+    assert re.search(r"submitted SLURM job array \d+ \(2 tasks", sample_log), sample_log
+    assert "[executor: local]" in (slurm / "logs/mix2d/schedules/edm/heun-nfe5.log").read_text()
+    assert not list(slurm.glob("mix2d/samples/*/.*.shards"))
