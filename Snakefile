@@ -10,7 +10,7 @@ import os
 from snakemake.utils import min_version, validate
 
 import adasched
-from adasched.workflow import Sweep
+from adasched.workflow import Sweep, run_stage
 
 min_version("9.0")
 

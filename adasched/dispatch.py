@@ -1091,3 +1091,33 @@ def _tail(path: Path, max_bytes: int = 200_000) -> str:
         return f"(no log at {path})\n"
     return text if text.endswith("\n") or not text else text + "\n"
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m adasched.dispatch COMMAND LOG CONFIG_JSON OPTIONS_JSON``: :func:`stage` in a process of its
+    own (what :func:`adasched.workflow.run_stage` starts for work that waits on SLURM); exit 1 with one line
+    on failure."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 4:
+        print("usage: python -m adasched.dispatch COMMAND LOG CONFIG_JSON OPTIONS_JSON", file=sys.stderr)
+        return 2
+    command, log_path, config, options = argv[0], argv[1], json.loads(argv[2]), json.loads(argv[3])
+    try:
+        stage(command, log_path, config, **options)
+    except AdaschedError as e:
+        print(f"adasched {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"adasched {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the workflow on the test cluster
+    # Run the importable module's main, not this __main__ copy: its jobs must pickle as adasched.dispatch.*
+    # and log as adasched.dispatch.
+    from adasched.dispatch import main as _main
+
+    raise SystemExit(_main())

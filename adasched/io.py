@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -105,17 +106,36 @@ def provenance(**extra: Any) -> dict:
     return out
 
 
+_CAPTURES = {"active": 0, "saved": None}
+_CAPTURE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def log_records_to(stream) -> Iterator[None]:
-    """Send the ``adasched`` loggers' records (INFO and up) to ``stream`` for the duration, as ``adasched: MSG``."""
+    """Send the ``adasched`` loggers' records (INFO and up) logged BY THIS THREAD to ``stream`` for the
+    duration, as ``adasched: MSG``.
+
+    Thread-safe: jobs running side by side in threads of one process (the workflow's cell rules under
+    Snakemake) each get their own records only.  While any capture is active the ``adasched`` logger is at
+    INFO and does not propagate to the root logger (whose handlers would print the records a second time).
+    """
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("adasched: %(message)s"))
+    ident = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == ident)
     logger = logging.getLogger("adasched")
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    with _CAPTURE_LOCK:
+        if _CAPTURES["active"] == 0:
+            _CAPTURES["saved"] = (logger.level, logger.propagate)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+        _CAPTURES["active"] += 1
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
+        with _CAPTURE_LOCK:
+            logger.removeHandler(handler)
+            _CAPTURES["active"] -= 1
+            if _CAPTURES["active"] == 0:
+                logger.level, logger.propagate = _CAPTURES["saved"]

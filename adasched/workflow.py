@@ -25,12 +25,13 @@ import csv
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
 from adasched.errors import AdaschedError
 
-__all__ = ["Sweep", "logging_to", "write_model_json", "metric_rows", "write_summary", "read_summary",
+__all__ = ["Sweep", "run_stage", "logging_to", "write_model_json", "metric_rows", "write_summary", "read_summary",
            "parse_cell", "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "SUMMARY_FIELDS"]
 
 log = logging.getLogger(__name__)
@@ -384,14 +385,48 @@ class Sweep:
 # ------------------------------------------------------------------------------------------------ scripts
 
 
+def run_stage(command: str, log_path: str | os.PathLike, config: dict, **options) -> None:
+    """What the cell rules' ``run:`` blocks (schedule, sample, evaluate) call: :func:`adasched.dispatch.stage`.
+
+    There are hundreds of cell jobs, most of them milliseconds of work on an analytic target, while a new
+    Python with torch costs about 2 s of CPU; so local work runs right here, in the Snakemake process (a
+    thread of it under ``--force-use-threads``, which the workflow profile ``profiles/default`` sets).  Two
+    kinds of job get a child process instead, started through Snakemake's ``shell`` like a script job:
+    work dispatched elsewhere (SLURM), so that stopping Snakemake interrupts the wait and cancels the jobs;
+    and the solver-aware fit, seconds of Python-bound optimisation that would hold the interpreter lock
+    against every other job.
+    """
+    import json
+    import shlex
+    import sys
+
+    from adasched.dispatch import Dispatcher, stage
+
+    local = Dispatcher.from_config(config, stage=command).executor == "local"
+    if local and not (command == "schedule" and options.get("method") == "solver-aware"):
+        stage(command, log_path, config, **options)
+        return
+    from snakemake.shell import shell
+
+    block = {"results": config.get("results", ""), "dispatch": config.get("dispatch") or {}}
+    args = [sys.executable, "-m", "adasched.dispatch", command, str(log_path), json.dumps(block),
+            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in options.items()})]
+    # shell() formats its command with the job's variables: the JSON's braces are doubled to stay literal.
+    shell(" ".join(map(shlex.quote, args)).replace("{", "{{").replace("}", "}}"))
+
+
 @contextlib.contextmanager
 def logging_to(log_path: str | os.PathLike, append: bool = False):
-    """Send ``adasched`` log records (INFO and up) and stderr to ``log_path`` for a script's duration."""
+    """Send this thread's ``adasched`` log records (INFO and up) to ``log_path`` for a job's duration, and
+    stderr too when the job has the process to itself (its main thread: a script); a job running in a thread
+    of the Snakemake process leaves the shared stderr alone."""
     from adasched.io import log_records_to
 
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a" if append else "w") as f, contextlib.redirect_stderr(f), log_records_to(f):
-        yield f
+    own_process = threading.current_thread() is threading.main_thread()
+    with open(log_path, "a" if append else "w") as f, log_records_to(f):
+        with contextlib.redirect_stderr(f) if own_process else contextlib.nullcontext():
+            yield f
 
 
 def write_model_json(kind: str, output: str | os.PathLike, definition: dict | None = None,

@@ -14,5 +14,6 @@ rule evaluate:
         version=VERSION,
     resources:
         gpu=config["gpus"],
-    script:
-        "../scripts/evaluate.py"
+    run:
+        run_stage("evaluate", log[0], config, samples=input.samples, reference=input.get("reference"),
+                  classifier=input.get("classifier"), output=output[0], **params.options)

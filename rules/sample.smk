@@ -18,5 +18,6 @@ rule sample:
         version=VERSION,
     resources:
         gpu=config["gpus"],
-    script:
-        "../scripts/sample.py"
+    run:
+        run_stage("sample", log[0], config, schedule=input.schedule, solver=wildcards.solver, output=output[0],
+                  **params.options)

@@ -12,5 +12,6 @@ rule schedule:
     params:
         options=lambda w: SWEEP.schedule_options(w.model, w.method),
         version=VERSION,
-    script:
-        "../scripts/schedule.py"
+    run:
+        run_stage("schedule", log[0], config, method=wildcards.method, solver=wildcards.solver, nfe=wildcards.nfe,
+                  probes=input.get("probes"), output=output[0], **params.options)

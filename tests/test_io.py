@@ -39,3 +39,26 @@ def test_log_records_to_a_stream_for_the_duration():
         logger.info("inside")
     logger.info("outside")
     assert stream.getvalue() == "adasched: inside\n"
+
+
+def test_log_records_to_keeps_threads_apart():
+    """Jobs in threads of one process (cell rules under Snakemake) each log only their own records."""
+    import threading
+
+    logger = logging.getLogger("adasched.some_module")
+    streams = [io.StringIO(), io.StringIO()]
+    inside = threading.Barrier(2)
+
+    def job(k):
+        with log_records_to(streams[k]):
+            inside.wait()
+            logger.info("job %d", k)
+            inside.wait()
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [s.getvalue() for s in streams] == ["adasched: job 0\n", "adasched: job 1\n"]
+    assert logging.getLogger("adasched").propagate and logging.getLogger("adasched").level == logging.NOTSET
