@@ -355,12 +355,13 @@ class Sweep:
     # --------------------------------------------------------------------------------------------- plots
 
     def report_cell(self, model: str) -> tuple[str, int]:
-        """``(solver, nfe)`` whose samples the samples figure shows (default: first solver, lowest NFE)."""
+        """``(solver, nfe)`` whose samples the samples figure shows (default: the first solver at the middle NFE
+        of its sweep, where schedules differ visibly and samples are already recognisable)."""
         cell = self.config["report"].get("samples")
         if cell:
             return cell["solver"], int(cell["nfe"])
         solver, nfes = next(iter(self.solvers(model).items()))
-        return solver, min(nfes)
+        return solver, sorted(nfes)[(len(nfes) - 1) // 2]
 
     def schedule_plot_files(self, model: str) -> list[str]:
         """The schedules the schedules figure draws: every method at the middle NFE of each solver's sweep."""

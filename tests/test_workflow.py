@@ -280,10 +280,13 @@ def _expected_plan(config: dict) -> dict[str, int]:
     sweep = Sweep(validated(config))
     cells = sum(len(sweep.cells(m)) for m in sweep.models)
     analytic = [m for m in sweep.models if sweep.exact_model(m)]
-    return {"model_json": len(analytic), "probe_corrector": len(sweep.models),
+    trained = sweep.kind_models("trained-digits")
+    references = {f for m in sweep.models for f in sweep.reference_samples(m)}  # extra high-NFE cells
+    return {"model_json": len(analytic), "train": len(trained), "classifier": min(1, len(trained)),
+            "probe_corrector": len(sweep.models),
             "probe_predictor": sum(len(sweep.probes_needed(m)) - 1 for m in sweep.models),
-            "schedule": cells, "sample": cells, "evaluate": cells, "summary": 1, "report": 1, "all": 1,
-            **{f"plot_{p}": len(sweep.models) for p in PLOTS}}
+            "schedule": cells + len(references), "sample": cells + len(references), "evaluate": cells,
+            "summary": 1, "report": 1, "all": 1, **{f"plot_{p}": len(sweep.models) for p in PLOTS}}
 
 
 def test_dry_run_default_config(tmp_path):
@@ -292,7 +295,7 @@ def test_dry_run_default_config(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     got = plan(tmp_path)  # no --configfile: the Snakefile loads config.yaml itself
     want = {k: v for k, v in _expected_plan(config).items() if v}
-    assert got == want
+    assert got == want and want["train"] == 1  # the digits model is part of the default
 
 
 def test_dry_run_edm_configs(tmp_path):
@@ -392,7 +395,10 @@ def test_rerun_one_more_nfe(tiny_run):
     got = plan(tiny_run, config)
     n = len(TINY["methods"])
     assert {k: got.pop(k) for k in ("schedule", "sample", "evaluate")} == {"schedule": n, "sample": n, "evaluate": n}
-    assert set(got) <= AGGREGATES and "plot_lambda" not in got and "plot_samples" not in got
+    assert set(got) <= AGGREGATES and "plot_lambda" not in got
+    # The samples figure shows the middle NFE of the sweep: it is redone exactly when that cell moved.
+    moved = Sweep(validated(config)).report_cell("mix2d") != Sweep(validated(TINY)).report_cell("mix2d")
+    assert moved and got.get("plot_samples") == 1
     assert got["summary"] == got["report"] == 1
 
 
