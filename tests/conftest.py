@@ -1,4 +1,5 @@
-"""Shared fixtures: small analytic targets with exact denoisers (float64, CPU, built deterministically)."""
+"""Shared fixtures: small analytic targets with exact denoisers (float64, CPU, built deterministically), and a
+short-trained digits network."""
 
 import pytest
 import torch
@@ -38,3 +39,22 @@ def mixture_3d():
     """A small 3-D mixture (unequal weights and widths) for cross-checks that run one sample at a time."""
     return GaussianMixture([0.2, 0.45, 0.35], [[-1.0, 0.5, 0.0], [0.8, -0.3, 1.2], [0.1, 1.5, -0.7]],
                            [[0.02, 0.3, 0.1], [0.5, 0.05, 0.8], [0.15, 1.0, 0.04]])
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory):
+    """A slimmed digits net (16 channels) trained 400 steps of 64 images (about 30 s on one CPU thread), the
+    file it was saved to, and the initial net for comparison: ``(config, path, model, init)``."""
+    from adasched.train import TrainConfig, train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = tmp_path_factory.mktemp("short") / "model.safetensors"
+        config = TrainConfig(steps=400, batch=64, lr=3e-3, lr_warmup=20, log_every=100, seed=0,
+                             net_options=dict(model_channels=16))
+        init = train(TrainConfig(**{**config.to_json(), "steps": 1, "lr": 1e-12}))
+        model = train(config, path)
+    finally:
+        torch.set_num_threads(threads)
+    return config, path, model, init
