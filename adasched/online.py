@@ -258,28 +258,33 @@ class OnlineScheduleLearner:
         i = idx[rows]
         x0 = x0[rows.to(dev)].to(torch.float64)
         eps = eps[rows.to(dev)].to(torch.float64)
-        b = i.numel()
-        m = self.substeps
+        b, m = i.numel(), self.substeps
+        shape = (m, b) + (1,) * (x0.ndim - 1)
+        s_lo = self._sub[i, :m].T.to(dev)  # [m, b]: sub-interval k of sample j is [s_lo[k, j], s_hi[k, j]]
+        s_hi = self._sub[i, 1:].T.to(dev)
+        x_in = (x0 + s_hi.reshape(shape) * eps).to(dtype)  # [m, b, ...]: x = x0 + s_hi eps on every sub-interval
+        # One call for every evaluation of the batch (2m - 1 per sample with the training forward reused):
+        # the network sees [x at s_lo for all k; x at s_hi for all k (but the last, if given)].
+        n_hi = m - 1 if denoised is not None else m
+        flat = x_in.reshape(m * b, *x0.shape[1:])
+        out = denoise(torch.cat([flat, flat[:n_hi * b]]),
+                      torch.cat([s_lo.reshape(-1), s_hi[:n_hi].reshape(-1)]).to(dtype)).to(torch.float64)
+        d_lo = out[:m * b].reshape(m, b, *x0.shape[1:])
+        d_hi = out[m * b:].reshape(n_hi, b, *x0.shape[1:])
+        if denoised is not None:
+            last = denoised.detach()[rows.to(denoised.device)].to(device=dev, dtype=torch.float64)
+            d_hi = torch.cat([d_hi, last[None]])
+        x = x_in.to(torch.float64)
+        delta = (d_lo - x) / s_lo.reshape(shape) ** 2 - (d_hi - x) / s_hi.reshape(shape) ** 2
+        v = s_lo if self.weighting == "lower" else s_hi
+        cost = (v**2 * delta.reshape(m, b, -1).pow(2).sum(2)).cpu()  # [m, b]
+        if not torch.isfinite(cost).all():
+            k = int((~torch.isfinite(cost)).any(1).nonzero()[0])
+            raise ModelError(f"the denoiser gave {int((~torch.isfinite(cost)).sum())} non-finite cost "
+                             f"estimate(s), first on sub-interval {k} of the batch; the accumulators keep their "
+                             "previous samples")
         new = torch.zeros(self.T, m, dtype=torch.float64)
-        for k in range(m):
-            s_lo = self._sub[i, k].to(dev)
-            s_hi = self._sub[i, k + 1].to(dev)
-            shape = (b,) + (1,) * (x0.ndim - 1)
-            x_in = (x0 + s_hi.reshape(shape) * eps).to(dtype)
-            x = x_in.to(torch.float64)
-            d_lo = denoise(x_in, s_lo.to(dtype)).to(torch.float64)
-            if k == m - 1 and denoised is not None:
-                d_hi = denoised.detach()[rows.to(denoised.device)].to(device=dev, dtype=torch.float64)
-            else:
-                d_hi = denoise(x_in, s_hi.to(dtype)).to(torch.float64)
-            delta = (d_lo - x) / s_lo.reshape(shape) ** 2 - (d_hi - x) / s_hi.reshape(shape) ** 2
-            v = s_lo if self.weighting == "lower" else s_hi
-            cost = (v**2 * delta.reshape(b, -1).pow(2).sum(1)).cpu()
-            if not torch.isfinite(cost).all():
-                raise ModelError(f"the denoiser gave {int((~torch.isfinite(cost)).sum())} non-finite cost "
-                                 f"estimate(s) on sub-interval {k} of the batch; the accumulators keep their "
-                                 "previous samples")
-            new[:, k].index_add_(0, i, cost)
+        new.index_add_(0, i, cost.T)
         self._sums += new
         self._counts.index_add_(0, i, torch.ones_like(i))
 

@@ -51,11 +51,12 @@ def test_loss_falls_below_start_and_linear_baseline(short_run):
     start = evaluate_loss(init, x)
     end = evaluate_loss(model, x)
     baseline = gaussian_baseline_loss(x)
-    # Measured: start 1.68, end 0.55, baseline 0.71 (the best linear denoiser's loss).
+    # Measured: start 1.68, end 0.58, baseline 0.71 (the best linear denoiser's loss); the training loss (half of
+    # each batch at the online learner's levels) 1.17 over steps 1-100, 0.78 over steps 301-400.
     assert end < 0.5 * start, (start, end)
     assert end < 0.9 * baseline, (end, baseline)
     log = model.meta["loss_log"]
-    assert [s for s, _ in log] == [100, 200, 300, 400] and log[-1][1] < 0.6 * log[0][1]
+    assert [s for s, _ in log] == [100, 200, 300, 400] and log[-1][1] < 0.75 * log[0][1]
 
 
 def test_learning_rate_schedules():
@@ -104,7 +105,8 @@ def test_saved_model_loads_through_spec(short_run):
     assert meta["network"]["preset"] == "digits" and meta["network"]["options"] == {"model_channels": 16}
     assert meta["training"]["steps"] == 400 and meta["training"]["seed"] == 0 and meta["training"]["P_mean"] == -1.2
     assert meta["data"]["name"] == "digits" and meta["data"]["n"] == 1797
-    assert meta["provenance"]["adasched"] and meta["learned_schedule"] is None and loaded.learned_schedule is None
+    assert meta["provenance"]["adasched"] and meta["learned_schedule"]["T"] == 16
+    torch.testing.assert_close(loaded.learned_schedule, model.learned_schedule)
     assert loaded.sha256 and len(loaded.sha256) == 64
 
 
@@ -153,6 +155,32 @@ def test_online_schedule_is_learned_and_saved(tmp_path):
     sched = learned_schedule(path, solver="heun")
     assert sched.method == "online" and sched.nfe == 2 * 7 - 1
     torch.testing.assert_close(sched.sigmas, s)
+
+
+@pytest.mark.slow
+def test_online_schedule_of_the_digits_model_converges_to_its_offline_schedule(short_run, tmp_path):
+    """Algorithm 2 run while training the digits net (short_run: 16 levels, 8 substeps, gamma 0.2, 30 updates in
+    400 steps) against the offline score-optimal schedule of the trained net: Algorithm 1 on a 256-interval
+    probe with 64 held-in digits per interval, read out at the same 17 levels.
+
+    Measured: max relative deviation 10.6% (at sigma_1 = 0.17, where the cost is smallest and the net
+    changes most during training), median 2.6%; with the paper's substeps = 1 it is 426% (sigma_1 five times
+    too high: the coarse-interval weighting of paper.md §6.2), with 4 substeps 25%, with 8 substeps over 800
+    steps 7.3%.  Tolerances 20% (max) and 6% (median).
+    """
+    from adasched.data import load_data_sampler
+    from adasched.optimize import score_optimal_sigmas
+    from adasched.probe import probe, probe_grid, read_probes
+
+    config, _, model, _ = short_run
+    learned = np.sort(np.asarray(model.meta["learned_schedule"]["levels"]))
+    assert model.meta["learned_schedule"]["updates"] >= 25
+    probe(model, load_data_sampler("digits", model), probe_grid(256), 64, tmp_path / "p.h5", seed=0, batch=512)
+    p = read_probes(tmp_path / "p.h5")
+    offline = np.asarray(score_optimal_sigmas(p.sigmas, p.mean, config.online_levels + 1))
+    offline = np.sort(offline[offline > 0])
+    dev = np.abs(learned / offline - 1)
+    assert dev[0] == dev[-1] == 0 and dev.max() < 0.20 and np.median(dev) < 0.06, np.round(dev, 3)
 
 
 def test_online_learner_observes_only_its_share():
