@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from adasched.errors import AdaschedError
 
@@ -104,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="compute a sampling schedule for a solver and NFE",
                        parents=[common], epilog=EXAMPLES["schedule"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=list(CLOSED_FORM) + list(PROBED_METHODS),
-                   help="schedule method (score-optimal, score-optimal-po, solver-aware need --probes)")
+    p.add_argument("--method", required=True, choices=list(CLOSED_FORM) + list(PROBED_METHODS) + ["online"],
+                   help="schedule method (score-optimal, score-optimal-po, solver-aware need --probes; online: the "
+                        "schedule learned while training the --model adasched:PATH, read out at this NFE)")
     p.add_argument("--solver", required=True, choices=list(SOLVERS), help="solver the schedule is for")
     n = p.add_mutually_exclusive_group(required=True)
     n.add_argument("--nfe", type=_positive_int, help="network evaluations per sample (exact for the solver)")
@@ -115,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-max", type=_float, default=SIGMA_MAX, help=f"highest sigma (default {SIGMA_MAX:g})")
     p.add_argument("--probes", help="probe file (.h5 from 'adasched probe') for the probed methods")
     p.add_argument("--probes-po", help="solver-aware: predictor-cost probe file, its schedule is one more start")
-    p.add_argument("--model", help="solver-aware: model SPEC whose own solves the schedule is fitted to")
+    p.add_argument("--model", help="solver-aware: model SPEC whose own solves the schedule is fitted to; "
+                                   "online: the adasched:PATH model trained with --online-schedule")
     p.add_argument("--fit-seeds", type=_positive_int, default=64,
                    help="solver-aware: trajectories to fit on (seeds from 1000000 on; default 64)")
     p.add_argument("--fit-iterations", type=_positive_int, default=200, help="solver-aware: Adam steps (default 200)")
@@ -199,6 +202,9 @@ def _add_train_parser(sub, common) -> None:
                    help=f"share of each batch trained at the learned schedule's levels (default {d.online_fraction:g})")
     p.add_argument("--online-n-min", type=_positive_int, default=d.online_n_min,
                    help=f"samples every interval needs before a schedule update (default {d.online_n_min})")
+    p.add_argument("--online-substeps", type=_positive_int, default=d.online_substeps,
+                   help=f"cost estimates per interval, on log-equal sub-intervals (default {d.online_substeps}, the "
+                        "paper's; more move the learned schedule to the offline one, see adasched.online)")
     p.add_argument("--schedule-out", help="with --online-schedule: also write the learned schedule as schedule JSON")
     p.add_argument("--checkpoint", help="checkpoint file: resumed from if it exists, rewritten every --checkpoint-every steps")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default --log-every)")
@@ -298,6 +304,16 @@ def cmd_schedule(args) -> None:
         return
     steps = args.steps if args.steps is not None else steps_for_nfe(args.solver, args.nfe, **opts)
     nfe = nfe_for_steps(args.solver, steps, **opts)
+    if args.method == "online":
+        from adasched.train import learned_schedule
+
+        kind, _, path = (args.model or "").partition(":")
+        if kind != "adasched" or not path:
+            raise AdaschedError("--method online needs --model adasched:PATH, a model trained with --online-schedule")
+        if not Path(path).is_file():
+            raise AdaschedError(f"model file not found: {path}")
+        learned_schedule(path, args.solver, steps).save(args.output)
+        return
     params = {"sigma_min": args.sigma_min, "sigma_max": args.sigma_max}
     if args.method == "edm":
         params["rho"] = args.rho
@@ -409,7 +425,7 @@ def cmd_train(args) -> None:
                          lr=args.lr, lr_warmup=args.lr_warmup, online_schedule=args.online_schedule,
                          online_levels=args.online_levels, online_gamma=args.online_gamma,
                          online_fraction=args.online_fraction, online_n_min=args.online_n_min,
-                         log_every=args.log_every)
+                         online_substeps=args.online_substeps, log_every=args.log_every)
     device = resolve_device(args.device)
     model = train(config, args.output, device=device, checkpoint=args.checkpoint,
                   checkpoint_every=args.checkpoint_every)

@@ -540,17 +540,25 @@ def load_trained(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     return TrainedDenoiser(net.to(device), meta=meta, source=str(path), sha256=sha256_file(path))
 
 
-def learned_schedule(path: str | os.PathLike, solver: str = "heun"):
-    """The schedule learned online in a model file, as a :class:`adasched.schedules.Schedule` for ``solver``."""
+def learned_schedule(path: str | os.PathLike, solver: str = "heun", steps: int | None = None):
+    """The schedule learned online in a model file, as a :class:`adasched.schedules.Schedule` for ``solver``.
+
+    Its ``T + 1`` levels (plus the final jump to 0: ``T + 1`` steps) as learned; with ``steps``, read out at
+    that many steps by :func:`adasched.schedules.resample`.  The learned levels split Lambda into equal parts
+    (Algorithm 2's fixed point), so step index is proportional to Lambda and resampling in the step index is
+    Algorithm 1's read-out of the learned Lambda curve at another number of steps.
+    """
     from adasched.io import provenance
     from adasched.samplers import nfe_for_steps
-    from adasched.schedules import Schedule
+    from adasched.schedules import Schedule, resample
 
     _, meta = _read(path)
     ls = meta.get("learned_schedule")
     if not ls:
         raise ModelError(f"{path} holds no learned schedule (train with --online-schedule)")
     sigmas = torch.tensor(ls["sigmas"], dtype=torch.float64)
+    if steps is not None:
+        sigmas = resample(sigmas, steps)
     params = {k: ls[k] for k in ("T", "gamma", "n_min", "updates", "substeps", "weighting", "space")}
     return Schedule(sigmas, method="online", solver=solver, nfe=nfe_for_steps(solver, len(sigmas) - 1),
                     params=dict(params, model=str(path)), provenance=provenance(command="learned_schedule"))

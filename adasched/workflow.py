@@ -37,7 +37,7 @@ __all__ = ["Sweep", "run_stage", "logging_to", "write_model_json", "metric_rows"
 log = logging.getLogger(__name__)
 
 #: Schedule methods the workflow sweeps (``adasched schedule --method``).
-METHODS = ("edm", "loglinear", "kl-optimal", "score-optimal", "score-optimal-po", "solver-aware")
+METHODS = ("edm", "loglinear", "kl-optimal", "score-optimal", "score-optimal-po", "solver-aware", "online")
 #: Solvers the workflow sweeps (deterministic ones: every schedule is compared on the same ODE).
 SOLVERS = ("euler", "heun", "dpmpp-2m", "ipndm")
 #: Model kinds whose exact solution is known (``gmm:``, ``powerlaw:`` SPECs of a ``model.json``).
@@ -89,6 +89,10 @@ class Sweep:
         if not p["sigma_min"] <= s["sigma_min"] < s["sigma_max"] <= p["sigma_max"]:
             raise AdaschedError(f"schedule range [{s['sigma_min']:g}, {s['sigma_max']:g}] must lie inside the "
                                 f"probed range [{p['sigma_min']:g}, {p['sigma_max']:g}] (probe.sigma_min/max)")
+        for name, m in self.models.items():
+            if "online" in self.methods(name) and not (m["kind"] == "trained-digits" and m["train"]["online_schedule"]):
+                raise AdaschedError(f"models.{name}: method online needs a model trained with the online learner "
+                                    "(kind trained-digits, train.online_schedule: true)")
         cell = self.config["report"].get("samples")
         if cell:
             for name in self.models:
@@ -247,13 +251,15 @@ class Sweep:
         out = {}
         if method in PROBES:
             out["probes"] = f"{self.results}/{model}/{PROBES[method]}"
-        if method == "solver-aware":
+        if method in ("solver-aware", "online"):
             out["model"] = self.model_file(model)[0]
         return out
 
     def schedule_options(self, model: str, method: str) -> dict:
         """The ``adasched schedule`` options that change a ``method`` schedule (and nothing else)."""
         s = self.config["schedule"]
+        if method == "online":  # the learned levels, their range included, come from the model file
+            return {"model": self.spec(model)}
         opts: dict[str, Any] = {"sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"]}
         if method == "edm":
             opts["rho"] = s["rho"]

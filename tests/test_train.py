@@ -302,6 +302,23 @@ def test_cli_online_schedule_out(tmp_path, capsys):
     assert obj["method"] == "online" and obj["solver"] == "heun" and obj["sigmas"][-1] == 0.0
     assert obj["sigmas"][0] == 80.0 and obj["params"]["updates"] >= 1
     assert obj["sigmas"] == load_trained(model).meta["learned_schedule"]["sigmas"]
+    # `adasched schedule --method online` reads it out at any NFE: the learned levels at their own step count,
+    # a monotone resampling in the step index otherwise.
+    for nfe, steps in ((9, 5), (21, 11)):
+        out = tmp_path / f"online-{nfe}.json"
+        rc, err = run(["schedule", "--method", "online", "--model", f"adasched:{model}", "--solver", "heun",
+                       "--nfe", nfe, "-o", out], capsys)
+        assert rc == 0 and err == ""
+        got = json.loads(out.read_text())
+        assert got["method"] == "online" and got["nfe"] == nfe and len(got["sigmas"]) == steps + 1
+        assert got["sigmas"][0] == 80.0 and got["sigmas"][-2] == 0.002 and got["sigmas"][-1] == 0.0
+        if steps == len(obj["sigmas"]) - 1:
+            assert got["sigmas"] == obj["sigmas"]
+    assert all(np.diff(got["sigmas"]) < 0)
+    rc, err = run(["schedule", "--method", "online", "--model", f"gmm:{model}", "--solver", "heun", "--nfe", 9,
+                   "-o", tmp_path / "x.json"], capsys)
+    assert rc == 1 and "needs --model adasched:PATH" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -115,6 +115,8 @@ def test_cli_argv_matches_the_cli_parser():
         parser.parse_args(cli_argv("probe", dict(output="o", **sweep.probe_options("mix2d", cost))))
     digits = Sweep(validated(dict(TINY, models={"d": {"kind": "trained-digits", "train": {}}})))
     parser.parse_args(cli_argv("train", dict(data="digits", output="o", **digits.train_options("d"))))
+    parser.parse_args(cli_argv("schedule", dict(method="online", solver="heun", nfe=5, output="o",
+                                                **digits.schedule_options("d", "online"))))
     parser.parse_args(cli_argv("evaluate", dict(samples="s.npz", output="o", classifier="c",
                                                 **digits.evaluate_options("d"))))
 
@@ -126,7 +128,7 @@ def test_schema_lists_the_library_choices():
 
     schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
     assert schema["$defs"]["method"]["enum"] == list(METHODS)
-    assert set(METHODS) <= set(CLOSED_FORM) | set(PROBED_METHODS)
+    assert set(METHODS) <= set(CLOSED_FORM) | set(PROBED_METHODS) | {"online"}
     assert schema["$defs"]["solvers"]["propertyNames"]["enum"] == list(SOLVERS)
     assert schema["$defs"]["model"]["properties"]["kind"]["enum"] == list(KINDS)
     assert set(SOLVERS) <= set(LIBRARY_SOLVERS)
@@ -202,6 +204,11 @@ def test_sweep_refuses_ambiguous_targets_and_ranges():
         Sweep(validated(dict(TINY, schedule={"sigma_max": 100.0})))
     with pytest.raises(AdaschedError, match="report.samples: heun at NFE 7 is not in the sweep"):
         Sweep(validated(dict(TINY, report={"samples": {"solver": "heun", "nfe": 7}})))
+    with pytest.raises(AdaschedError, match="models.mix2d: method online needs a model trained with the online"):
+        Sweep(validated(dict(TINY, methods=["edm", "online"])))
+    with pytest.raises(AdaschedError, match="models.d: method online needs"):
+        Sweep(validated(dict(TINY, methods=["online"],
+                             models={"d": {"kind": "trained-digits", "train": {"online_schedule": False}}})))
 
 
 def test_sweep_cells_paths_and_params():
