@@ -456,20 +456,26 @@ def cli_argv(command: str, options: dict) -> list[str]:
     return argv
 
 
+def exit_status(command: str, work) -> int:
+    """Run ``work()`` for ``adasched COMMAND``: 0; or one line on stderr and 1 for an :class:`AdaschedError`,
+    130 for an interruption (no traceback either way)."""
+    try:
+        work()
+    except AdaschedError as e:
+        print(f"adasched {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"adasched {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="adasched: %(message)s")
-    try:
-        COMMANDS[args.command](args)
-    except AdaschedError as e:
-        print(f"adasched {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"adasched {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(args.command, lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1099,20 +1099,14 @@ def main(argv: list[str] | None = None) -> int:
     on failure."""
     import sys
 
+    from adasched.cli import exit_status
+
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 4:
         print("usage: python -m adasched.dispatch COMMAND LOG CONFIG_JSON OPTIONS_JSON", file=sys.stderr)
         return 2
     command, log_path, config, options = argv[0], argv[1], json.loads(argv[2]), json.loads(argv[3])
-    try:
-        stage(command, log_path, config, **options)
-    except AdaschedError as e:
-        print(f"adasched {command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"adasched {command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(command, lambda: stage(command, log_path, config, **options))
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the workflow on the test cluster

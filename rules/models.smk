@@ -30,6 +30,9 @@ if SWEEP.kind_models("trained-digits"):
             options=lambda w: SWEEP.train_options(w.model),
             version=VERSION,
         threads: 1
+        # Training is the default's critical path (8 of its 10 minutes): start it before the hundreds of short
+        # cell jobs, which Snakemake would otherwise pick first and leave training for the end.
+        priority: 100
         resources:
             gpu=config["gpus"],
         script:
