@@ -40,7 +40,7 @@ METRIC_LABELS = {
 }
 #: Line colours and markers per schedule method, fixed so that figures agree with each other.
 _STYLE = {"edm": ("C0", "o"), "loglinear": ("C1", "s"), "kl-optimal": ("C2", "^"), "score-optimal": ("C3", "D"),
-          "score-optimal-po": ("C4", "v"), "solver-aware": ("C5", "P")}
+          "score-optimal-po": ("C4", "v"), "solver-aware": ("C5", "P"), "online": ("C6", "X")}
 
 
 def _pyplot():
