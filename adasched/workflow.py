@@ -411,6 +411,11 @@ def run_stage(command: str, log_path: str | os.PathLike, config: dict, **options
 
     local = Dispatcher.from_config(config, stage=command).executor == "local"
     if local and not (command == "schedule" and options.get("method") == "solver-aware"):
+        import torch
+
+        # One intra-op thread per job, as Snakemake counts them (threads: 1; it sets OMP_NUM_THREADS for the
+        # processes it starts, which it cannot do for a thread): --cores N runs N such jobs side by side.
+        torch.set_num_threads(1)
         stage(command, log_path, config, **options)
         return
     from snakemake.shell import shell
