@@ -997,8 +997,8 @@ def stage(command: str, log_path: str | os.PathLike, config: dict | None = None,
     ``sample`` run as resumable jobs (:class:`ProbeJob`, :class:`SampleJob`), other commands as
     :class:`CliJob`.  With ``dispatch.sample_shards: N > 1`` a ``sample`` is split into N seed ranges run as
     one job array and merged (:func:`sample_in_shards`).  Progress, SLURM job ids and log paths go to
-    ``log_path`` (which is started afresh), and so does stderr of local work; after a SLURM job its own
-    stderr log is appended.  A failure raises one :class:`AdaschedError` naming the job and its log.
+    ``log_path`` (which is started afresh), and so does stderr when the stage has its process to itself
+    (:func:`adasched.workflow.logging_to`); after a SLURM job its own stderr log is appended.  A failure raises one :class:`AdaschedError` naming the job and its log.
     """
     from adasched.cli import cli_argv
     from adasched.workflow import logging_to
@@ -1049,7 +1049,8 @@ def sample_in_shards(d: Dispatcher, job: "SampleJob", shards: int) -> str:
     from adasched.io import save_npz
 
     opts = job.options
-    num, start = int(opts.get("num", 256)), int(opts.get("seed_start", 0))
+    args = _parse("sample", opts)  # the CLI's defaults for what the options leave out
+    num, start = args.num, args.seed_start
     if shards > num:
         raise AdaschedError(f"dispatch.sample_shards ({shards}) is more than the {num} samples of {job.output}")
     digest = job.digest()
