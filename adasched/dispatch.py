@@ -180,19 +180,24 @@ class Dispatcher:
 
     ``log_dir`` must be on a filesystem the compute nodes share (never ``/tmp`` of the submitting host);
     job ``J`` logs to ``log_dir/J/J_0_log.out`` and ``.err`` (array task ``A_i``: ``log_dir/A_i/A_i_0_log.*``).
-    ``poll_s`` is the interval between ``squeue`` calls while waiting.
+    ``poll_s`` is the interval between ``squeue`` calls while waiting; ``sample_shards`` the seed ranges
+    :func:`stage` splits a ``sample`` into (one job array).
     """
 
     executor: str = "local"
     log_dir: Path = Path("logs/slurm")
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     poll_s: float = 15.0
+    sample_shards: int = 1
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
             raise AdaschedError(f"unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
         if not (isinstance(self.poll_s, (int, float)) and self.poll_s > 0):
             raise AdaschedError(f"poll_s must be a positive number of seconds, got {self.poll_s!r}")
+        n = self.sample_shards
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise AdaschedError(f"dispatch.sample_shards: expected an integer >= 1, got {n!r}")
         object.__setattr__(self, "log_dir", Path(self.log_dir).absolute())
         if isinstance(self.slurm, dict):
             object.__setattr__(self, "slurm", SlurmOptions.from_dict(self.slurm))
@@ -238,7 +243,7 @@ class Dispatcher:
         if executor not in EXECUTORS:
             raise AdaschedError(f"dispatch.executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
         return cls(executor=executor, log_dir=Path(log_dir), slurm=SlurmOptions.from_dict(slurm, where),
-                   poll_s=block.get("poll_s") or 15.0)
+                   poll_s=block.get("poll_s") or 15.0, sample_shards=block.get("sample_shards") or 1)
 
     # ---------------------------------------------------------------------------------------------- run
 
@@ -742,8 +747,7 @@ def partial_dir(output: str | os.PathLike) -> Path:
 
 def _parse(command: str, options: dict):
     """``options`` through the ``adasched COMMAND`` parser: the same names, checks and defaults as the CLI."""
-    from adasched.cli import build_parser
-    from adasched.cli import cli_argv
+    from adasched.cli import build_parser, cli_argv
 
     err = io.StringIO()
     try:
@@ -998,14 +1002,15 @@ def stage(command: str, log_path: str | os.PathLike, config: dict | None = None,
     :class:`CliJob`.  With ``dispatch.sample_shards: N > 1`` a ``sample`` is split into N seed ranges run as
     one job array and merged (:func:`sample_in_shards`).  Progress, SLURM job ids and log paths go to
     ``log_path`` (which is started afresh), and so does stderr when the stage has its process to itself
-    (:func:`adasched.workflow.logging_to`); after a SLURM job its own stderr log is appended.  A failure raises one :class:`AdaschedError` naming the job and its log.
+    (:func:`adasched.workflow.logging_to`); after a SLURM job its own stderr log is appended.  A failure
+    raises one :class:`AdaschedError` naming the job and its log.
     """
     from adasched.cli import cli_argv
     from adasched.workflow import logging_to
 
     d = Dispatcher.from_config(config, stage=command)
     job = job_for(command, options)
-    shards = _sample_shards(config) if command == "sample" else 1
+    shards = d.sample_shards if command == "sample" else 1
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     Path(log_path).write_text("adasched " + " ".join(cli_argv(command, options)) + f"  [executor: {d.executor}"
                               + (f", {shards} seed shards" if shards > 1 else "") + "]\n")
@@ -1026,14 +1031,6 @@ def stage(command: str, log_path: str | os.PathLike, config: dict | None = None,
             if d.executor != "local":
                 raise
             raise AdaschedError(f"adasched {command} failed: {e} (log: {log_path})") from None
-
-
-def _sample_shards(config: dict | None) -> int:
-    block = (config or {}).get("dispatch") or {}
-    n = block.get("sample_shards") or 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise AdaschedError(f"dispatch.sample_shards: expected an integer >= 1, got {n!r}")
-    return n
 
 
 def sample_in_shards(d: Dispatcher, job: "SampleJob", shards: int) -> str:
@@ -1091,7 +1088,6 @@ def _tail(path: Path, max_bytes: int = 200_000) -> str:
     except OSError:
         return f"(no log at {path})\n"
     return text if text.endswith("\n") or not text else text + "\n"
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -367,13 +367,13 @@ class Sweep:
         if cell:
             return cell["solver"], int(cell["nfe"])
         solver, nfes = next(iter(self.solvers(model).items()))
-        return solver, sorted(nfes)[(len(nfes) - 1) // 2]
+        return solver, _middle(nfes)
 
     def schedule_plot_files(self, model: str) -> list[str]:
         """The schedules the schedules figure draws: every method at the middle NFE of each solver's sweep."""
         out = []
         for solver, nfes in self.solvers(model).items():
-            nfe = sorted(nfes)[(len(nfes) - 1) // 2]
+            nfe = _middle(nfes)
             out += [self.path("schedules", model, method, solver, nfe) for method in self.methods(model)]
         return out
 
@@ -387,6 +387,11 @@ class Sweep:
                 "models": {m: {"kind": self.kind(m), "spec": self.spec(m), "methods": self.methods(m),
                                "solvers": self.solvers(m)} for m in self.models},
                 "num_samples": self.config["sample"]["num"]}
+
+
+def _middle(nfes: list[int]) -> int:
+    """The middle NFE of a sweep (the lower of the two middle ones), where the figures look at one cell."""
+    return sorted(nfes)[(len(nfes) - 1) // 2]
 
 
 # ------------------------------------------------------------------------------------------------ scripts
