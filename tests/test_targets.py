@@ -457,6 +457,39 @@ def test_powerlaw_ode_solution_closed_form_and_ode(pl):
     torch.testing.assert_close(pl.ode_solution(pl.ode_solution(x, 80.0, 0.01), 0.01, 80.0), x, rtol=1e-10, atol=1e-10)
 
 
+def test_powerlaw_in_eigenbasis_is_the_rotated_target(pl):
+    """Denoiser, density, ODE solution and every deterministic solver commute with the DCT rotation."""
+    from adasched.samplers import SOLVERS
+    from adasched.schedules import sigmas_edm
+
+    pe = pl.in_eigenbasis()
+    assert pe.eigenbasis and not pl.eigenbasis
+
+    def rotate(x):  # pixel coordinates -> the eigenbasis's coordinates (the plain DCT, mean included)
+        return torch.from_numpy(scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho"))
+
+    x = _pl_points(pl, 3, 0.7, 11)
+    sig = torch.tensor([0.7, 0.1, 5.0], dtype=F64)
+    torch.testing.assert_close(pe(rotate(x), sig), rotate(pl(x, sig)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pe.log_prob(rotate(x), 0.7), pl.log_prob(x, 0.7), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(pe.score(rotate(x), sig), _autograd_score(pe, rotate(x), sig), rtol=1e-10, atol=1e-12)
+    xs = 80.0 * torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=F64)
+    torch.testing.assert_close(pe.ode_solution(rotate(xs), 80.0, 0.0), rotate(pl.ode_solution(xs, 80.0, 0.0)),
+                               rtol=1e-11, atol=1e-11)
+    sigmas = sigmas_edm(6)
+    for name, spec in SOLVERS.items():
+        if spec.stochastic:
+            continue
+        torch.testing.assert_close(spec.fn(pe, rotate(xs), sigmas), rotate(spec.fn(pl, xs, sigmas)),
+                                   rtol=1e-10, atol=1e-10, msg=name)
+    # its samples are the rotated distribution: zero-frequency mean, diagonal covariance = eigenvalues
+    y = pe.sample(50_000, generator=torch.Generator().manual_seed(4)).reshape(50_000, -1)
+    mean = torch.zeros(SHAPE, dtype=F64)
+    mean[:, 0, 0] = 0.3 * 4
+    assert (y.mean(0) - mean.reshape(-1)).abs().max() < 6 * math.sqrt(2.0 / 50_000)
+    torch.testing.assert_close(y.var(0), pl.eigenvalues.reshape(-1), rtol=0.05, atol=0)
+
+
 @pytest.mark.parametrize("obj,key", [
     ({"shape": [4, 4]}, "shape"),
     ({"shape": [1, 4, 4.5]}, "shape"),
