@@ -1,0 +1,90 @@
+"""Schedules fitted through the sampler (adasched.fitting) against exact truth."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import scipy.optimize
+import torch
+
+from adasched.fitting import fit_schedule, oracle_schedule, solver_aware_schedule
+from adasched.samplers import SOLVERS, latents, steps_for_nfe
+from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear
+from adasched.targets import GaussianMixture
+
+F64 = torch.float64
+
+
+def _euler_gain(s1: float, s0: float, var: float) -> float:
+    """Euler on N(0, var) from s0 via s1 to 0 multiplies x by this (dx/dsigma = x sigma / (var + sigma^2))."""
+    return (1 + (s1 - s0) * s0 / (var + s0**2)) * var / (var + s1**2)
+
+
+def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian():
+    var, s0 = 1.0, 5.0
+    exact_gain = math.sqrt(var / (var + s0**2))  # the probability-flow ODE's exact map from s0 to 0
+    best = scipy.optimize.minimize_scalar(lambda s: (_euler_gain(s, s0, var) - exact_gain) ** 2,
+                                          bounds=(1e-3, s0 - 1e-3), method="bounded", options={"xatol": 1e-10})
+    g = GaussianMixture([1.0], [[0.0]], [[var]])
+    x = latents(range(8), (1,)).double() * s0
+    init = torch.tensor([s0, 3.0, 0.0], dtype=F64)
+    fitted = fit_schedule(g, "euler", init, x, x * exact_gain, iterations=300, lr=0.1)
+    assert fitted[0] == s0 and fitted[-1] == 0 and fitted.numel() == 3
+    assert float(fitted[1]) == pytest.approx(best.x, rel=0.02)
+    loss = (_euler_gain(float(fitted[1]), s0, var) - exact_gain) ** 2
+    assert loss <= best.fun * (1 + 1e-4) + 1e-18
+    assert (_euler_gain(3.0, s0, var) - exact_gain) ** 2 > 1.5 * best.fun  # the start was not already there
+
+
+MIX = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.5]], [[0.01, 0.1], [0.05, 0.02]])
+
+
+def _error(solver, sigmas, x, exact):
+    return float((SOLVERS[solver].fn(MIX, x, sigmas) - exact).pow(2).mean())
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "ipndm"])
+def test_oracle_schedule_is_no_worse_than_any_schedule_it_is_compared_with(solver):
+    steps, seeds = steps_for_nfe(solver, 6), list(range(24))
+    x = latents(seeds, (2,)).double() * 80.0
+    exact = MIX.ode_solution(x, 80.0, 0.0)
+    given = [sigmas_loglinear(steps), sigmas_kl_optimal(steps), sigmas_edm(steps, rho=3.0)]
+    oracle = oracle_schedule(MIX, solver, steps, seeds, candidates=given, iterations=30)
+    assert oracle[0] == 80.0 and oracle[-1] == 0 and torch.all(oracle[:-1] > oracle[1:])
+    err = _error(solver, oracle, x, exact)
+    assert all(err <= _error(solver, s, x, exact) for s in [sigmas_edm(steps), *given])
+    assert err < 0.8 * min(_error(solver, s, x, exact) for s in [sigmas_edm(steps), *given])
+
+
+def test_solver_aware_against_the_exact_solution_is_the_oracle():
+    """One search, two references: the model's own high-NFE solve, or (oracle) the exact solution."""
+    steps, seeds = steps_for_nfe("euler", 5), list(range(16))
+    init = sigmas_edm(steps)
+    exact = solver_aware_schedule(MIX, (2,), "euler", init, seeds, iterations=20,
+                                  reference=lambda x, smax: MIX.ode_solution(x, smax, 0.0))
+    torch.testing.assert_close(exact, oracle_schedule(MIX, "euler", steps, seeds, iterations=20), rtol=0, atol=0)
+
+
+def test_reference_solution_stops_at_the_models_floor():
+    from adasched.fitting import REFERENCE_FLOOR, reference_solution
+    from adasched.targets import PowerLawGaussian
+
+    pl = PowerLawGaussian((1, 8, 8), alpha=2.0).in_eigenbasis()  # sigma_min 0: exact at every sigma
+    x = latents(range(4), pl.shape).double() * 80.0
+    exact = pl.ode_solution(x, 80.0, 0.0)
+    err = (reference_solution(pl, x, 80.0) - exact).pow(2).mean().sqrt()
+    coarse = (reference_solution(pl, x, 80.0, sigma_min=0.002) - exact).pow(2).mean().sqrt()
+    assert err < 1e-5 < coarse
+
+    seen = []
+
+    class Net:  # a trained network: untrained below its sigma_min, which the reference must respect
+        sigma_min = 0.01
+
+        def __call__(self, x, sigma):
+            seen.append(float(sigma.min()))
+            return pl(x, sigma)
+
+    reference_solution(Net(), x, 80.0, steps=16)
+    assert min(seen) == pytest.approx(0.01) and 0 < REFERENCE_FLOOR < 0.01
