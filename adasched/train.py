@@ -228,8 +228,9 @@ def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict
         save_file(tensors, str(tmp), metadata={"adasched": json.dumps(meta)})
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and header metadata of a file written by :func:`_write` (safetensors: no code runs)."""
+def _read(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (none with ``tensors=False``: the header alone) and header metadata of a file written by
+    :func:`_write` (safetensors: no code runs)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -237,7 +238,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(path)
+        weights = load_file(path) if tensors else {}
     except FileNotFoundError:
         raise ModelError(f"model file not found: {path}") from None
     except IsADirectoryError:
@@ -254,7 +255,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelError(f"{path} has format version {meta.get('format_version')}; this adasched reads up to "
                          f"{FORMAT_VERSION}")
-    return tensors, meta
+    return weights, meta
 
 
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -552,7 +553,7 @@ def learned_schedule(path: str | os.PathLike, solver: str = "heun", steps: int |
     from adasched.samplers import nfe_for_steps
     from adasched.schedules import Schedule, resample
 
-    _, meta = _read(path)
+    _, meta = _read(path, tensors=False)
     ls = meta.get("learned_schedule")
     if not ls:
         raise ModelError(f"{path} holds no learned schedule (train with --online-schedule)")
