@@ -152,9 +152,9 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
     one solve on the probe seeds; the ``starts`` best are each refined by :func:`fit_schedule`, and the
-    refined schedule with the lowest error on the probe seeds is returned.  ``reference(x_start,
-    sigma_max)`` gives the targets (default :func:`reference_solution`); only the denoiser is needed.  Use
-    probe seeds disjoint from the evaluation seeds.
+    refined schedule with the lowest error on the probe seeds is refined once more with smaller steps.
+    ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
+    denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
     init = validate_sigmas(init_sigmas)
     z = latents(probe_seeds, shape).double()
@@ -167,7 +167,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
 def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, pool: list, seeds: Sequence[int],
                     starts: int = 3, iterations: int = 200, **kw) -> torch.Tensor:
     """Score ``pool`` plus the closed forms spanning its first schedule by one solve each; refine the best
-    ``starts`` with :func:`fit_schedule` against ``ref``; return the refined one with the lowest error."""
+    ``starts`` with :func:`fit_schedule` against ``ref``; refine the one with the lowest error once more."""
     init = pool[0]
     steps, lo, hi = init.numel() - 1, float(init[-2]), float(init[0])
     if steps > 1:
@@ -183,4 +183,9 @@ def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, po
     ranked = sorted(pool, key=error)[:max(1, starts)]
     fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=seeds, iterations=iterations, **kw)
               for s in ranked]
-    return min(fitted, key=error)
+    # A warm restart of the winner with 5x smaller steps: at high NFE the optimum is narrow and one cosine
+    # cycle from a distant start stops short of it (power-law Gaussian, DPM-Solver++(2M) at 12 NFE: 1.7x the
+    # oracle's error before, 1.03x after; docs/benchmarks.md).
+    polish = {**kw, "lr": kw.get("lr", 0.05) / 5}
+    return fit_schedule(denoise, solver, min(fitted, key=error), x, ref, generator_seeds=seeds,
+                        iterations=iterations, **polish)
