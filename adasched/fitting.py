@@ -28,7 +28,7 @@ from adasched.errors import AdaschedError
 from adasched.samplers import PerSampleGenerator, get_solver, latents
 from adasched.schedules import sigmas_edm, validate_sigmas
 
-__all__ = ["fit_schedule", "oracle_schedule", "solver_aware_schedule", "candidate_schedules", "reference_solution",
+__all__ = ["OPTIMIZERS", "fit_schedule", "oracle_schedule", "solver_aware_schedule", "candidate_schedules", "reference_solution",
            "REFERENCE_FLOOR"]
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,23 @@ def _from_params(theta: torch.Tensor, sigma_max: float, floor: float) -> torch.T
     return torch.cat([s, s.new_zeros(1)])
 
 
+OPTIMIZERS = ("adam", "lbfgs")
+
+
 def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, target: torch.Tensor, *,
-             iterations: int = 300, lr: float = 0.05, sigma_floor: float = 1e-4,
-             generator_seeds: Sequence[int] | None = None, **solver_options) -> torch.Tensor:
+                 iterations: int = 300, lr: float = 0.05, sigma_floor: float = 1e-4, optimizer: str = "adam",
+                 generator_seeds: Sequence[int] | None = None, **solver_options) -> torch.Tensor:
     """Minimise ``mean ||solve(x_start) - target||^2`` over the positive levels of ``init_sigmas``.
 
     ``x_start`` are the start points at ``init_sigmas[0]`` (``latents * sigma_max``), ``target`` the
-    outputs to match.  Adam on the log-gaps, cosine learning-rate decay; the best iterate is returned.
-    Stochastic solvers use per-sample generators re-seeded every iteration from ``generator_seeds``.
+    outputs to match.  The parameters are the log-gaps between levels.  ``optimizer="adam"``: ``iterations``
+    Adam steps with cosine learning-rate decay from ``lr``, which travels far from a start but converges
+    slowly; ``"lbfgs"``: L-BFGS with a strong-Wolfe line search and at most ``iterations`` iterations
+    (``lr`` unused), which converges fast near a minimum.  The best schedule evaluated is returned.
+    Stochastic solvers use per-sample generators re-seeded at every evaluation from ``generator_seeds``.
     """
+    if optimizer not in OPTIMIZERS:
+        raise AdaschedError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     spec = get_solver(solver)
     s0 = validate_sigmas(init_sigmas)
     if s0.numel() < 3:
@@ -65,27 +73,54 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     prev = torch.cat([torch.tensor([math.log(sigma_max)], dtype=torch.float64), log_s[:-1]])
     gaps = (prev - log_s).clamp_min(1e-8)
     theta = torch.log(torch.expm1(gaps)).clone().requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
     x_start = x_start.detach()
     target = target.detach()
     best, best_loss = s0, math.inf
-    for it in range(iterations + 1):
-        opt.zero_grad()
+    evaluations = 0
+
+    def loss_of_theta() -> torch.Tensor:
+        nonlocal best, best_loss, evaluations
         sigmas = _from_params(theta, sigma_max, floor)
         gen = PerSampleGenerator(generator_seeds) if spec.stochastic else None
-        out = spec.fn(denoise, x_start, sigmas, generator=gen, **solver_options)
-        loss = (out - target).pow(2).mean()
+        loss = (spec.fn(denoise, x_start, sigmas, generator=gen, **solver_options) - target).pow(2).mean()
         value = loss.detach().item()
         if value < best_loss and math.isfinite(value):
             best_loss, best = value, sigmas.detach().clone()
-        if it == iterations:
-            break
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 50 == 0:
-            log.info("fit %s: iteration %d, mse %.4g", solver, it, value)
+        if evaluations % 50 == 0:
+            log.info("fit %s (%s): evaluation %d, mse %.4g", solver, optimizer, evaluations, value)
+        evaluations += 1
+        return loss
+
+    if optimizer == "adam":
+        opt = torch.optim.Adam([theta], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+        for _ in range(iterations):
+            opt.zero_grad()
+            loss_of_theta().backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            loss_of_theta()
+    else:
+        scale = None
+
+        def closure():
+            nonlocal scale
+            opt.zero_grad()
+            loss = loss_of_theta()
+            if not torch.isfinite(loss):
+                raise FloatingPointError
+            scale = scale or max(loss.item(), 1e-300)
+            loss = loss / scale  # relative, so L-BFGS's tolerances do not depend on the error's size
+            loss.backward()
+            return loss
+
+        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
+        try:
+            opt.step(closure)
+        except FloatingPointError:  # a non-finite trial point: keep the best finite one
+            log.info("fit %s (lbfgs): stopped at a non-finite error", solver)
     return validate_sigmas(best)
 
 
@@ -152,7 +187,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
     one solve on the probe seeds; the ``starts`` best are each refined by :func:`fit_schedule`, and the
-    refined schedule with the lowest error on the probe seeds is refined once more with smaller steps.
+    refined schedule with the lowest error on the probe seeds is polished by L-BFGS.
     ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
     denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
@@ -167,7 +202,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
 def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, pool: list, seeds: Sequence[int],
                     starts: int = 3, iterations: int = 200, **kw) -> torch.Tensor:
     """Score ``pool`` plus the closed forms spanning its first schedule by one solve each; refine the best
-    ``starts`` with :func:`fit_schedule` against ``ref``; refine the one with the lowest error once more."""
+    ``starts`` with Adam (:func:`fit_schedule`) against ``ref``; polish the one with the lowest error by L-BFGS."""
     init = pool[0]
     steps, lo, hi = init.numel() - 1, float(init[-2]), float(init[0])
     if steps > 1:
@@ -183,9 +218,9 @@ def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, po
     ranked = sorted(pool, key=error)[:max(1, starts)]
     fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=seeds, iterations=iterations, **kw)
               for s in ranked]
-    # A warm restart of the winner with 5x smaller steps: at high NFE the optimum is narrow and one cosine
-    # cycle from a distant start stops short of it (power-law Gaussian, DPM-Solver++(2M) at 12 NFE: 1.7x the
-    # oracle's error before, 1.03x after; docs/benchmarks.md).
-    polish = {**kw, "lr": kw.get("lr", 0.05) / 5}
+    # Adam travels from distant starts but stops short of a narrow optimum: on the power-law Gaussian at
+    # DPM-Solver++(2M) 8 NFE the schedule of the whole Adam search (49 s) had 4.6x the error L-BFGS reached
+    # from it in 4 s more (docs/benchmarks.md).  So the winner is polished by L-BFGS.
+    polish = {**kw, "optimizer": "lbfgs"}
     return fit_schedule(denoise, solver, min(fitted, key=error), x, ref, generator_seeds=seeds,
                         iterations=iterations, **polish)

@@ -5,7 +5,8 @@ follows the few that dominate.  For each ``SOLVER:NFE`` cell this fits the solve
 quality.py does: probed and closed-form starts, refined against the model's own 2047-NFE solves) on
 ``--fit-seeds`` latents each, and scores it on ``--eval`` latents none was fitted to (seeds 5000..),
 next to the best unfitted schedule and the oracle (fitted to the exact solutions of those evaluation
-latents: the limit).  Fit seconds are CPU time on one thread.
+latents: the limit).  Fit seconds are CPU time on one thread.  The last column is the share of the
+oracle's squared error carried by the worst 1% of the evaluation latents: how heavy the tail is.
 
     .venv/bin/python benchmarks/fit_seeds.py --target mix64d --cells ipndm:12 ipndm:15
 """
@@ -46,7 +47,7 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, target "
           f"{args.target}, evaluation seeds {seeds[0]}..{seeds[-1]}, fit seeds 0..N-1, iterations {args.iterations}")
     print("| solver | NFE | best unfitted | " + " | ".join(f"solver-aware {n} (fit s)" for n in args.fit_seeds)
-          + " | oracle |\n|" + "---|" * (len(args.fit_seeds) + 4))
+          + " | oracle | worst 1% share |\n|" + "---|" * (len(args.fit_seeds) + 5))
     for cell in args.cells:
         solver, nfe = cell.split(":")
         steps, fn = steps_for_nfe(solver, int(nfe)), SOLVERS[solver].fn
@@ -63,7 +64,10 @@ def main():
         oracle = oracle_schedule(target, solver, steps, seeds, init_sigmas=min(
             fitted, key=lambda s: rmse(fn(target, x, s), exact)), candidates=list(pool.values()), starts=1,
             iterations=args.iterations)
-        cells.append(f"{rmse(fn(target, x, oracle), exact):.3g}")
+        with torch.no_grad():
+            per_latent = (fn(target, x, oracle) - exact).pow(2).flatten(1).sum(1).sort(descending=True).values
+        share = float(per_latent[:max(1, len(seeds) // 100)].sum() / per_latent.sum())
+        cells += [f"{rmse(fn(target, x, oracle), exact):.3g}", f"{share:.0%}"]
         print(f"| {solver} | {nfe} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -21,7 +21,8 @@ def _euler_gain(s1: float, s0: float, var: float) -> float:
     return (1 + (s1 - s0) * s0 / (var + s0**2)) * var / (var + s1**2)
 
 
-def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian():
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian(optimizer):
     var, s0 = 1.0, 5.0
     exact_gain = math.sqrt(var / (var + s0**2))  # the probability-flow ODE's exact map from s0 to 0
     best = scipy.optimize.minimize_scalar(lambda s: (_euler_gain(s, s0, var) - exact_gain) ** 2,
@@ -29,12 +30,19 @@ def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian():
     g = GaussianMixture([1.0], [[0.0]], [[var]])
     x = latents(range(8), (1,)).double() * s0
     init = torch.tensor([s0, 3.0, 0.0], dtype=F64)
-    fitted = fit_schedule(g, "euler", init, x, x * exact_gain, iterations=300, lr=0.1)
+    fitted = fit_schedule(g, "euler", init, x, x * exact_gain, iterations=300, lr=0.1, optimizer=optimizer)
     assert fitted[0] == s0 and fitted[-1] == 0 and fitted.numel() == 3
     assert float(fitted[1]) == pytest.approx(best.x, rel=0.02)
     loss = (_euler_gain(float(fitted[1]), s0, var) - exact_gain) ** 2
     assert loss <= best.fun * (1 + 1e-4) + 1e-18
     assert (_euler_gain(3.0, s0, var) - exact_gain) ** 2 > 1.5 * best.fun  # the start was not already there
+
+
+def test_fit_schedule_names_the_valid_optimizers():
+    from adasched.errors import AdaschedError
+
+    with pytest.raises(AdaschedError, match="unknown optimizer 'sgd'; valid: adam, lbfgs"):
+        fit_schedule(None, "euler", sigmas_edm(4), torch.zeros(1, 1), torch.zeros(1, 1), optimizer="sgd")
 
 
 MIX = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.5]], [[0.01, 0.1], [0.05, 0.02]])
