@@ -1,0 +1,41 @@
+"""How exact is the model's own reference solve?  RMSE of fitting.reference_solution against the exact ODE solution.
+
+The solver-aware schedule is fitted to the model's own high-NFE Heun solve (adasched.fitting.reference_solution);
+where a schedule's error is as small as the reference's, the fit chases the reference's error.  For each analytic
+target of quality.py, Heun on EDM's rho = 7 schedule with ``steps`` steps down to ``sigma_min``, then the jump to 0.
+
+    .venv/bin/python benchmarks/reference_error.py
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import make_targets  # noqa: E402
+
+from adasched.fitting import reference_solution  # noqa: E402
+from adasched.metrics import rmse  # noqa: E402
+from adasched.samplers import latents  # noqa: E402
+
+
+def main():
+    torch.set_num_threads(1)
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, 32 latents (seeds 0..31)")
+    print("| target | steps (NFE) | sigma_min | RMSE against the exact solution |\n|---|---|---|---|")
+    for name, target in make_targets().items():
+        x = latents(range(32), target.shape).double() * 80.0
+        exact = target.ode_solution(x, 80.0, 0.0)
+        for steps in (256, 1024):
+            for sigma_min in (0.002, 2e-4, 2e-5):
+                err = rmse(reference_solution(target, x, 80.0, sigma_min=sigma_min, steps=steps), exact)
+                print(f"| {name} | {steps} ({2 * steps - 1}) | {sigma_min:g} | {err:.3g} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
