@@ -188,7 +188,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
     one solve on the probe seeds; the ``starts`` best are each refined by :func:`fit_schedule`, and the
-    refined schedule with the lowest error on the probe seeds is polished by L-BFGS.
+    refined schedule with the lowest error on the probe seeds is polished by L-BFGS (``polish=False``: not).
     ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
     denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
@@ -201,9 +201,10 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
 
 
 def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, pool: list, seeds: Sequence[int],
-                    starts: int = 3, iterations: int = 200, **kw) -> torch.Tensor:
+                    starts: int = 3, iterations: int = 200, polish: bool = True, **kw) -> torch.Tensor:
     """Score ``pool`` plus the closed forms spanning its first schedule by one solve each; refine the best
-    ``starts`` with Adam (:func:`fit_schedule`) against ``ref``; polish the one with the lowest error by L-BFGS."""
+    ``starts`` with Adam (:func:`fit_schedule`) against ``ref``; polish the one with the lowest error by
+    L-BFGS (``polish=False``: Adam only, for comparison)."""
     init = pool[0]
     steps, lo, hi = init.numel() - 1, float(init[-2]), float(init[0])
     if steps > 1:
@@ -219,9 +220,10 @@ def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, po
     ranked = sorted(pool, key=error)[:max(1, starts)]
     fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=seeds, iterations=iterations, **kw)
               for s in ranked]
-    # Adam travels from distant starts but stops short of a narrow optimum: on the power-law Gaussian at
-    # DPM-Solver++(2M) 8 NFE the schedule of the whole Adam search (49 s) had 4.6x the error L-BFGS reached
-    # from it in 4 s more (docs/benchmarks.md).  So the winner is polished by L-BFGS.
-    polish = {**kw, "optimizer": "lbfgs"}
-    return fit_schedule(denoise, solver, min(fitted, key=error), x, ref, generator_seeds=seeds,
-                        iterations=iterations, **polish)
+    best = min(fitted, key=error)
+    if not polish:
+        return best
+    # Adam travels from distant starts but stops short of a narrow optimum, where L-BFGS converges in a few
+    # seconds (benchmarks/polish.py, docs/benchmarks.md).
+    return fit_schedule(denoise, solver, best, x, ref, generator_seeds=seeds, iterations=iterations,
+                        **{**kw, "optimizer": "lbfgs"})
