@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from adasched.errors import AdaschedError
+from adasched.errors import AdaschedError, ScheduleError
 from adasched.samplers import PerSampleGenerator, get_solver, latents
 from adasched.schedules import sigmas_edm, validate_sigmas
 
@@ -107,7 +107,10 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
         def closure():
             nonlocal scale
             opt.zero_grad()
-            loss = loss_of_theta()
+            try:
+                loss = loss_of_theta()
+            except ScheduleError:  # a trial step so long that levels merge in float64
+                raise FloatingPointError from None
             if not torch.isfinite(loss):
                 raise FloatingPointError
             scale = scale or max(loss.item(), 1e-300)
@@ -119,8 +122,8 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
         try:
             opt.step(closure)
-        except FloatingPointError:  # a non-finite trial point: keep the best finite one
-            log.info("fit %s (lbfgs): stopped at a non-finite error", solver)
+        except FloatingPointError:  # an invalid or non-finite trial point: keep the best one evaluated
+            log.info("fit %s (lbfgs): stopped at an invalid trial schedule", solver)
     return validate_sigmas(best)
 
 

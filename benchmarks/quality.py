@@ -107,6 +107,7 @@ def main():
     ap.add_argument("--fit-seeds", type=int, default=None, help="solver-aware fit latents (default per target)")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--targets", nargs="*", default=None)
+    ap.add_argument("--solvers", nargs="*", default=None, choices=list(NFES), help="default: all")
     ap.add_argument("--heldout", type=int, default=0, help="also score every schedule on this many held-out latents")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -138,6 +139,8 @@ def main():
         header = "| solver | NFE | " + " | ".join(SCHEDULES) + " | rec./oracle |" + extra
         print(header + "\n|" + "---|" * (len(SCHEDULES) + 3 + bool(args.heldout)))
         for solver, nfes in NFES.items():
+            if args.solvers and solver not in args.solvers:
+                continue
             fn = SOLVERS[solver].fn
             for nfe in nfes:
                 steps = steps_for_nfe(solver, nfe)

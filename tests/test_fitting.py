@@ -96,3 +96,26 @@ def test_reference_solution_stops_at_the_models_floor():
 
     reference_solution(Net(), x, 80.0, steps=16)
     assert min(seen) == pytest.approx(0.01) and 0 < REFERENCE_FLOOR < 0.01
+
+
+def test_lbfgs_keeps_the_best_schedule_when_a_trial_step_is_invalid():
+    """A line-search trial can merge two levels (the sampler refuses the schedule): the fit stops there and
+    returns the best schedule it evaluated instead of failing."""
+    from adasched.errors import ScheduleError
+
+    calls = 0
+
+    def denoise(x, sigma):
+        nonlocal calls
+        calls += 1
+        if calls > 12:
+            raise ScheduleError("sigmas must be strictly decreasing")
+        return MIX(x, sigma)
+
+    steps, seeds = steps_for_nfe("euler", 4), list(range(8))
+    x = latents(seeds, (2,)).double() * 80.0
+    exact = MIX.ode_solution(x, 80.0, 0.0)
+    start = sigmas_edm(steps)
+    fitted = fit_schedule(denoise, "euler", start, x, exact, iterations=50, optimizer="lbfgs")
+    assert calls > 12 and fitted.numel() == start.numel()
+    assert _error("euler", fitted, x, exact) <= _error("euler", start, x, exact) * (1 + 1e-12)
