@@ -191,7 +191,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
     one solve on the probe seeds; the ``starts`` best are each refined by :func:`fit_schedule`, and the
-    refined schedule with the lowest error on the probe seeds is polished by L-BFGS (``polish=False``: not).
+    refined schedule with the lowest error on the probe seeds is polished by L-BFGS (skipped with ``polish=False``).
     ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
     denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
