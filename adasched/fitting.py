@@ -149,19 +149,20 @@ def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_m
 
 
 def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_sigmas=None,
-                    candidates: Sequence | None = None, **kw) -> torch.Tensor:
+                    candidates: Sequence | None = None, exact: torch.Tensor | None = None, **kw) -> torch.Tensor:
     """The schedule minimising the exact sampling error on the latents of ``seeds`` (analytic targets).
 
     ``target`` must provide ``shape`` and ``ode_solution(x, sigma_from, 0)``.  The same multi-start search
     as :func:`solver_aware_schedule` (from ``init_sigmas``, default EDM's rho = 7, any ``candidates`` -- pass
     every schedule it is to be compared with -- and the closed forms), but against the exact solutions of
-    the very latents it is evaluated on: that is what makes it an oracle.
+    the very latents it is evaluated on: that is what makes it an oracle.  ``exact``: those solutions, when
+    the caller has them already (they cost a numerical ODE solve for a mixture).
     """
     init = sigmas_edm(steps) if init_sigmas is None else validate_sigmas(init_sigmas)
-    z = latents(seeds, target.shape).double()
-    x = z * init[0]
-    exact = target.ode_solution(x, float(init[0]), 0.0)
-    return _multistart_fit(target, solver, x, exact, [init, *map(validate_sigmas, candidates or [])], seeds, **kw)
+    if exact is None:
+        exact = target.ode_solution(latents(seeds, target.shape).double() * init[0], float(init[0]), 0.0)
+    return solver_aware_schedule(target, target.shape, solver, init, seeds, reference=exact, candidates=candidates,
+                                 **kw)
 
 
 def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[torch.Tensor]:
@@ -183,50 +184,44 @@ def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[
 
 
 def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
-                          reference: Callable | None = None, candidates: Sequence | None = None,
-                          starts: int = 3, iterations: int = 200, **kw) -> torch.Tensor:
+                          reference: Callable | torch.Tensor | None = None, candidates: Sequence | None = None,
+                          starts: int = 3, iterations: int = 200, polish: bool = True, **kw) -> torch.Tensor:
     """A schedule for ``solver`` fitted to the model's own high-NFE solves on ``probe_seeds``.
 
     The sampling error is far from convex in the noise levels, and gradient descent keeps the basin it
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
-    one solve on the probe seeds; the ``starts`` best are each refined by :func:`fit_schedule`, and the
-    refined schedule with the lowest error on the probe seeds is polished by L-BFGS (skipped with ``polish=False``).
-    ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`); only the
-    denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
+    one solve on the probe seeds; the ``starts`` best are each refined by Adam (:func:`fit_schedule`), and
+    the refined schedule with the lowest error on the probe seeds is polished by L-BFGS (skipped with
+    ``polish=False``).  ``reference(x_start, sigma_max)`` gives the targets (default
+    :func:`reference_solution`), or ``reference`` is the targets themselves, already computed for the start
+    points of ``probe_seeds``; only the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
     init = validate_sigmas(init_sigmas)
-    z = latents(probe_seeds, shape).double()
-    x = z * init[0]
-    ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
-    return _multistart_fit(denoise, solver, x, ref, [init, *map(validate_sigmas, candidates or [])], probe_seeds,
-                           starts=starts, iterations=iterations, **kw)
-
-
-def _multistart_fit(denoise, solver: str, x: torch.Tensor, ref: torch.Tensor, pool: list, seeds: Sequence[int],
-                    starts: int = 3, iterations: int = 200, polish: bool = True, **kw) -> torch.Tensor:
-    """Score ``pool`` plus the closed forms spanning its first schedule by one solve each; refine the best
-    ``starts`` with Adam (:func:`fit_schedule`) against ``ref``; polish the one with the lowest error by
-    L-BFGS (``polish=False``: Adam only, for comparison)."""
-    init = pool[0]
-    steps, lo, hi = init.numel() - 1, float(init[-2]), float(init[0])
+    x = latents(probe_seeds, shape).double() * init[0]
+    if isinstance(reference, torch.Tensor):
+        ref = reference
+    else:
+        ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
+    pool = [init, *map(validate_sigmas, candidates or [])]
+    steps = init.numel() - 1
     if steps > 1:
-        pool = pool + candidate_schedules(steps, lo, hi)
+        pool += candidate_schedules(steps, float(init[-2]), float(init[0]))
     spec = get_solver(solver)
     options = {k: v for k, v in kw.items() if k in spec.options}
 
     def error(s):
-        gen = PerSampleGenerator(seeds) if spec.stochastic else None
+        gen = PerSampleGenerator(probe_seeds) if spec.stochastic else None
         with torch.no_grad():
             return float((spec.fn(denoise, x, s, generator=gen, **options) - ref).pow(2).mean())
 
     ranked = sorted(pool, key=error)[:max(1, starts)]
-    fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=seeds, iterations=iterations, **kw)
+    fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=probe_seeds, iterations=iterations, **kw)
               for s in ranked]
     best = min(fitted, key=error)
     if not polish:
         return best
     # Adam travels from distant starts but stops short of a narrow optimum, where L-BFGS converges in a few
     # seconds (benchmarks/polish.py, docs/benchmarks.md).
-    return fit_schedule(denoise, solver, best, x, ref, generator_seeds=seeds, iterations=iterations,
+    return fit_schedule(denoise, solver, best, x, ref, generator_seeds=probe_seeds, iterations=iterations,
                         **{**kw, "optimizer": "lbfgs"})

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import make_targets, probe_files, unfitted_schedules  # noqa: E402
+from quality import make_targets, probe_files, start_points, unfitted_schedules  # noqa: E402
 
 from adasched.fitting import oracle_schedule, solver_aware_schedule  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
-from adasched.samplers import SOLVERS, latents, steps_for_nfe  # noqa: E402
+from adasched.samplers import SOLVERS, steps_for_nfe  # noqa: E402
 
 
 def main():
@@ -42,8 +42,7 @@ def main():
     target = make_targets()[args.target]
     co, po = probe_files(target, args.target, Path(tempfile.mkdtemp()))
     seeds = list(range(5000, 5000 + args.eval))
-    x = latents(seeds, target.shape).double() * 80.0
-    exact = target.ode_solution(x, 80.0, 0.0)
+    x, exact = start_points(target, seeds)
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, target "
           f"{args.target}, evaluation seeds {seeds[0]}..{seeds[-1]}, fit seeds 0..N-1, iterations {args.iterations}")
     print("| solver | NFE | best unfitted | " + " | ".join(f"solver-aware {n} (fit s)" for n in args.fit_seeds)
@@ -62,8 +61,8 @@ def main():
             fitted.append(s)
             cells.append(f"{rmse(fn(target, x, s), exact):.3g} ({time.process_time() - t0:.0f})")
         oracle = oracle_schedule(target, solver, steps, seeds, init_sigmas=min(
-            fitted, key=lambda s: rmse(fn(target, x, s), exact)), candidates=list(pool.values()), starts=1,
-            iterations=args.iterations)
+            fitted, key=lambda s: rmse(fn(target, x, s), exact)), candidates=list(pool.values()), exact=exact,
+            starts=1, iterations=args.iterations)
         with torch.no_grad():
             per_latent = (fn(target, x, oracle) - exact).pow(2).flatten(1).sum(1).sort(descending=True).values
         share = float(per_latent[:max(1, len(seeds) // 100)].sum() / per_latent.sum())

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import SEEDS, make_targets, probe_files, unfitted_schedules  # noqa: E402
+from quality import SEEDS, make_targets, probe_files, start_points, unfitted_schedules  # noqa: E402
 
 from adasched.fitting import oracle_schedule, reference_solution, solver_aware_schedule  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
@@ -37,8 +37,7 @@ def main():
     co, po = probe_files(target, args.target, Path(tempfile.mkdtemp()))
     n_eval, n_fit = SEEDS[args.target]
     seeds = list(range(1000, 1000 + n_eval))
-    x = latents(seeds, target.shape).double() * 80.0
-    exact = target.ode_solution(x, 80.0, 0.0)
+    x, exact = start_points(target, seeds)
     fit_seeds = list(range(n_fit))
     fit_ref = reference_solution(target, latents(fit_seeds, target.shape).double() * 80.0, 80.0)
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, target {args.target}, "
@@ -53,10 +52,10 @@ def main():
         for polish in (False, True):
             t0 = time.process_time()
             s = solver_aware_schedule(target, target.shape, solver, pool["score-optimal"], fit_seeds,
-                                      reference=lambda x0, sigma_max: fit_ref, candidates=[pool["score-optimal-po"]],
-                                      polish=polish)
+                                      reference=fit_ref, candidates=[pool["score-optimal-po"]], polish=polish)
             err[polish], secs[polish] = rmse(fn(target, x, s), exact), time.process_time() - t0
-        oracle = oracle_schedule(target, solver, steps, seeds, init_sigmas=s, candidates=list(pool.values()), starts=1)
+        oracle = oracle_schedule(target, solver, steps, seeds, init_sigmas=s, candidates=list(pool.values()),
+                                 exact=exact, starts=1)
         e_o = rmse(fn(target, x, oracle), exact)
         print(f"| {solver} | {nfe} | {err[False]:.3g} ({secs[False]:.0f}) | {err[True]:.3g} ({secs[True]:.0f}) | "
               f"{e_o:.3g} | {err[False] / e_o:.2f} | {err[True] / e_o:.2f} |", flush=True)

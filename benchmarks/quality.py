@@ -75,6 +75,12 @@ def probe_files(target, name: str, folder: Path) -> tuple[Path, Path]:
     return co, po
 
 
+def start_points(target, seeds) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start points ``latents * 80`` of ``seeds`` and their exact ODE solutions."""
+    x = latents(list(seeds), target.shape).double() * 80.0
+    return x, target.ode_solution(x, 80.0, 0.0)
+
+
 def unfitted_schedules(co: Path, po: Path, steps: int) -> dict:
     """The closed forms and the paper's two probed schedules for ``steps`` steps."""
     return {"edm": sigmas_edm(steps), "loglinear": sigmas_loglinear(steps), "kl-optimal": sigmas_kl_optimal(steps),
@@ -125,16 +131,12 @@ def main():
         seeds = list(range(1000, 1000 + (args.eval_seeds or SEEDS[name][0])))
         fit_seeds = list(range(args.fit_seeds or SEEDS[name][1]))
         # The model's own accurate solve of the fit latents, the same in every cell (fitting.reference_solution).
-        fit_x = latents(fit_seeds, target.shape).double() * 80.0
-        fit_ref = reference_solution(target, fit_x, 80.0)
+        fit_ref = reference_solution(target, latents(fit_seeds, target.shape).double() * 80.0, 80.0)
         print(f"\n## {name} (probes and reference {time.time() - t0:.0f} s; evaluation seeds {seeds[0]}..{seeds[-1]}, "
               f"fit seeds {fit_seeds[0]}..{fit_seeds[-1]})")
-        z = latents(seeds, target.shape).double()
-        x = z * 80.0
-        exact = target.ode_solution(x, 80.0, 0.0)
+        x, exact = start_points(target, seeds)
         if args.heldout:
-            x_h = latents(list(range(5000, 5000 + args.heldout)), target.shape).double() * 80.0
-            exact_h = target.ode_solution(x_h, 80.0, 0.0)
+            x_h, exact_h = start_points(target, range(5000, 5000 + args.heldout))
         extra = " rec./oracle held-out |" if args.heldout else ""
         header = "| solver | NFE | " + " | ".join(SCHEDULES) + " | rec./oracle |" + extra
         print(header + "\n|" + "---|" * (len(SCHEDULES) + 3 + bool(args.heldout)))
@@ -148,11 +150,10 @@ def main():
                 # Fitted to the model's own 2047-NFE Heun solves on the fit seeds, never to the exact solution.
                 sched["solver-aware"] = solver_aware_schedule(
                     target, target.shape, solver, sched["score-optimal"], fit_seeds,
-                    reference=lambda x0, sigma_max: fit_ref, candidates=[sched["score-optimal-po"]],
-                    iterations=args.iterations)
+                    reference=fit_ref, candidates=[sched["score-optimal-po"]], iterations=args.iterations)
                 # One refinement, from the best schedule of the row on the evaluation latents: never worse than any.
                 sched["oracle"] = oracle_schedule(target, solver, steps, seeds, init_sigmas=sched[RECOMMENDED],
-                                                  candidates=list(sched.values()), starts=1,
+                                                  candidates=list(sched.values()), exact=exact, starts=1,
                                                   iterations=args.iterations)
                 err = {k: rmse(fn(target, x, s), exact) for k, s in sched.items()}
                 held = {k: rmse(fn(target, x_h, s), exact_h) for k, s in sched.items()} if args.heldout else {}
