@@ -187,7 +187,6 @@ def test_report_renders_in_chromium(results, tmp_path):
     assert len(np.unique((img[120:] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 200
 
 
-
 def test_every_workflow_method_has_its_own_line_style():
     from adasched.report import _STYLE
     from adasched.workflow import METHODS as WORKFLOW_METHODS
