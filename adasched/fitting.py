@@ -128,24 +128,31 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
 
 
 #: Where :func:`reference_solution` stops before its final jump to 0 for a model exact at every sigma
-#: (``sigma_min`` 0: the analytic targets).  From 0.002 the jump alone leaves 5e-5 RMSE on the power-law
-#: Gaussian and 9e-5 on the 64-D mixture even after 2047 NFE, as much as good 10-NFE schedules' own error;
-#: from 2e-4, 1.4e-6 and 6e-6 (benchmarks/reference_error.py, docs/benchmarks.md).
-REFERENCE_FLOOR = 2e-4
+#: (``sigma_min`` 0: the analytic targets).  The jump from 0.002 alone leaves 5e-5 RMSE on the power-law
+#: Gaussian and 9e-5 on the 64-D mixture, as much as good 10-NFE schedules' own error; from 2e-5, with the
+#: extrapolated 1024-step solve, 1.7e-8 and 1.2e-7 (benchmarks/reference_error.py, docs/benchmarks.md).
+REFERENCE_FLOOR = 2e-5
 
 
 def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_min: float | None = None,
                        steps: int = 1024) -> torch.Tensor:
-    """A high-accuracy probability-flow solve by the model itself: Heun on EDM's rho = 7 schedule.
+    """A high-accuracy probability-flow solve by the model itself: Richardson-extrapolated Heun.
 
-    It stops at ``sigma_min``, by default the model's own (a network is untrained below it), or
+    Heun on EDM's rho = 7 schedule with ``steps`` and with ``steps // 2`` steps (the coarse grid is every
+    other level of the fine one); Heun's global error is O(h^2), so ``(4 fine - coarse) / 3`` cancels its
+    leading term: 1.5x the fine solve's cost (3069 NFE by default), 20x to 100x less error on the analytic
+    targets.  It stops at ``sigma_min``, by default the model's own (a network is untrained below it), or
     :data:`REFERENCE_FLOOR` for a model that declares 0; then the final jump to 0.
     """
     if sigma_min is None:
         sigma_min = float(getattr(denoise, "sigma_min", 0.0)) or REFERENCE_FLOOR
+    if steps < 2 or steps % 2:
+        raise AdaschedError(f"reference steps must be even and at least 2, got {steps}")
     solver = get_solver("heun")
     with torch.no_grad():
-        return solver.fn(denoise, x_start, sigmas_edm(steps, sigma_min, sigma_max))
+        fine = solver.fn(denoise, x_start, sigmas_edm(steps, sigma_min, sigma_max))
+        coarse = solver.fn(denoise, x_start, sigmas_edm(steps // 2, sigma_min, sigma_max))
+    return (4.0 * fine - coarse) / 3.0
 
 
 def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_sigmas=None,
@@ -155,14 +162,15 @@ def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_
     ``target`` must provide ``shape`` and ``ode_solution(x, sigma_from, 0)``.  The same multi-start search
     as :func:`solver_aware_schedule` (from ``init_sigmas``, default EDM's rho = 7, any ``candidates`` -- pass
     every schedule it is to be compared with -- and the closed forms), but against the exact solutions of
-    the very latents it is evaluated on: that is what makes it an oracle.  ``exact``: those solutions, when
-    the caller has them already (they cost a numerical ODE solve for a mixture).
+    the very latents it is evaluated on, all of them fitted (no validation share): that is what makes it an
+    oracle.  ``exact``: those solutions, when the caller has them already (they cost a numerical ODE solve
+    for a mixture).
     """
     init = sigmas_edm(steps) if init_sigmas is None else validate_sigmas(init_sigmas)
     if exact is None:
         exact = target.ode_solution(latents(seeds, target.shape).double() * init[0], float(init[0]), 0.0)
     return solver_aware_schedule(target, target.shape, solver, init, seeds, reference=exact, candidates=candidates,
-                                 **kw)
+                                 validation=0.0, **kw)
 
 
 def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[torch.Tensor]:
@@ -185,24 +193,36 @@ def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[
 
 def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
                           reference: Callable | torch.Tensor | None = None, candidates: Sequence | None = None,
-                          starts: int = 3, iterations: int = 200, polish: bool = True, **kw) -> torch.Tensor:
+                          starts: int = 3, iterations: int = 200, polish: bool = True, validation: float = 0.25,
+                          **kw) -> torch.Tensor:
     """A schedule for ``solver`` fitted to the model's own high-NFE solves on ``probe_seeds``.
 
     The sampling error is far from convex in the noise levels, and gradient descent keeps the basin it
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
-    one solve on the probe seeds; the ``starts`` best are each refined by Adam (:func:`fit_schedule`), and
-    the refined schedule with the lowest error on the probe seeds is polished by L-BFGS (skipped with
-    ``polish=False``).  ``reference(x_start, sigma_max)`` gives the targets (default
-    :func:`reference_solution`), or ``reference`` is the targets themselves, already computed for the start
-    points of ``probe_seeds``; only the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
+    one solve on the fit seeds; the ``starts`` best are each refined by Adam (:func:`fit_schedule`), and
+    the refined schedule with the lowest error on the fit seeds is polished by L-BFGS (skipped with
+    ``polish=False``).  The last ``validation`` share of ``probe_seeds`` is held back from all of that: of
+    the starts, the refined and the polished schedules, the one with the lowest error on those seeds is
+    returned, so a fit that follows a few heavy-tailed fit latents never replaces a start that samples
+    better (``validation=0``: fit on every seed and return the polished schedule).
+    ``reference(x_start, sigma_max)`` gives the targets (default :func:`reference_solution`), or
+    ``reference`` is the targets themselves, already computed for the start points of ``probe_seeds``; only
+    the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
     """
     init = validate_sigmas(init_sigmas)
-    x = latents(probe_seeds, shape).double() * init[0]
+    seeds = list(probe_seeds)
+    held = round(validation * len(seeds))
+    if not 0 <= validation < 1 or (validation and not 0 < held < len(seeds)):
+        raise AdaschedError(f"validation share {validation:g} of {len(seeds)} probe seeds leaves no seed to fit or "
+                            "none to validate on; valid: 0, or a share in (0, 1) of at least one seed each way")
+    x = latents(seeds, shape).double() * init[0]
     if isinstance(reference, torch.Tensor):
         ref = reference
     else:
         ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
+    n_fit = len(seeds) - held
+    fit = (seeds[:n_fit], x[:n_fit], ref[:n_fit])
     pool = [init, *map(validate_sigmas, candidates or [])]
     steps = init.numel() - 1
     if steps > 1:
@@ -210,18 +230,23 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     spec = get_solver(solver)
     options = {k: v for k, v in kw.items() if k in spec.options}
 
-    def error(s):
-        gen = PerSampleGenerator(probe_seeds) if spec.stochastic else None
+    def error(s, part=fit):
+        part_seeds, x_part, ref_part = part
+        gen = PerSampleGenerator(part_seeds) if spec.stochastic else None
         with torch.no_grad():
-            return float((spec.fn(denoise, x, s, generator=gen, **options) - ref).pow(2).mean())
+            return float((spec.fn(denoise, x_part, s, generator=gen, **options) - ref_part).pow(2).mean())
+
+    def refine(s, **extra):
+        return fit_schedule(denoise, solver, s, fit[1], fit[2], generator_seeds=fit[0], iterations=iterations,
+                            **{**kw, **extra})
 
     ranked = sorted(pool, key=error)[:max(1, starts)]
-    fitted = [fit_schedule(denoise, solver, s, x, ref, generator_seeds=probe_seeds, iterations=iterations, **kw)
-              for s in ranked]
+    fitted = [refine(s) for s in ranked]
     best = min(fitted, key=error)
-    if not polish:
-        return best
     # Adam travels from distant starts but stops short of a narrow optimum, where L-BFGS converges in a few
     # seconds (benchmarks/polish.py, docs/benchmarks.md).
-    return fit_schedule(denoise, solver, best, x, ref, generator_seeds=probe_seeds, iterations=iterations,
-                        **{**kw, "optimizer": "lbfgs"})
+    final = refine(best, optimizer="lbfgs") if polish else best
+    if not held:
+        return final
+    checked = (seeds[n_fit:], x[n_fit:], ref[n_fit:])
+    return min([final, *fitted, *ranked], key=lambda s: error(s, checked))

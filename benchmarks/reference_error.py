@@ -1,8 +1,9 @@
 """How exact is the model's own reference solve?  RMSE of fitting.reference_solution against the exact ODE solution.
 
-The solver-aware schedule is fitted to the model's own high-NFE Heun solve (adasched.fitting.reference_solution);
+The solver-aware schedule is fitted to the model's own high-NFE solve (adasched.fitting.reference_solution);
 where a schedule's error is as small as the reference's, the fit chases the reference's error.  For each analytic
-target of quality.py, Heun on EDM's rho = 7 schedule with ``steps`` steps down to ``sigma_min``, then the jump to 0.
+target of quality.py, Heun on EDM's rho = 7 schedule with ``steps`` steps down to ``sigma_min``, then the jump to
+0, alone and Richardson-extrapolated with the solve on half the steps (what reference_solution returns).
 
     .venv/bin/python benchmarks/reference_error.py
 """
@@ -21,20 +22,23 @@ from quality import make_targets  # noqa: E402
 
 from adasched.fitting import reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
-from adasched.samplers import latents  # noqa: E402
+from adasched.samplers import SOLVERS, latents  # noqa: E402
+from adasched.schedules import sigmas_edm  # noqa: E402
 
 
 def main():
     torch.set_num_threads(1)
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, 32 latents (seeds 0..31)")
-    print("| target | steps (NFE) | sigma_min | RMSE against the exact solution |\n|---|---|---|---|")
+    print("| target | steps | sigma_min | Heun alone (NFE) | extrapolated (NFE) |\n|---|---|---|---|---|")
     for name, target in make_targets().items():
         x = latents(range(32), target.shape).double() * 80.0
         exact = target.ode_solution(x, 80.0, 0.0)
         for steps in (256, 1024):
             for sigma_min in (0.002, 2e-4, 2e-5):
-                err = rmse(reference_solution(target, x, 80.0, sigma_min=sigma_min, steps=steps), exact)
-                print(f"| {name} | {steps} ({2 * steps - 1}) | {sigma_min:g} | {err:.3g} |", flush=True)
+                alone = rmse(SOLVERS["heun"].fn(target, x, sigmas_edm(steps, sigma_min, 80.0)), exact)
+                extrapolated = rmse(reference_solution(target, x, 80.0, sigma_min=sigma_min, steps=steps), exact)
+                print(f"| {name} | {steps} | {sigma_min:g} | {alone:.3g} ({2 * steps - 1}) | {extrapolated:.3g} "
+                      f"({3 * steps - 2}) |", flush=True)
 
 
 if __name__ == "__main__":

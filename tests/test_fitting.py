@@ -8,6 +8,7 @@ import pytest
 import scipy.optimize
 import torch
 
+from adasched.errors import AdaschedError
 from adasched.fitting import fit_schedule, oracle_schedule, solver_aware_schedule
 from adasched.samplers import SOLVERS, latents, steps_for_nfe
 from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear
@@ -39,7 +40,6 @@ def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian(optimizer):
 
 
 def test_fit_schedule_names_the_valid_optimizers():
-    from adasched.errors import AdaschedError
 
     with pytest.raises(AdaschedError, match="unknown optimizer 'sgd'; valid: adam, lbfgs"):
         fit_schedule(None, "euler", sigmas_edm(4), torch.zeros(1, 1), torch.zeros(1, 1), optimizer="sgd")
@@ -69,9 +69,30 @@ def test_solver_aware_against_the_exact_solution_is_the_oracle():
     """One search, two references: the model's own high-NFE solve, or (oracle) the exact solution."""
     steps, seeds = steps_for_nfe("euler", 5), list(range(16))
     init = sigmas_edm(steps)
-    exact = solver_aware_schedule(MIX, (2,), "euler", init, seeds, iterations=20,
+    exact = solver_aware_schedule(MIX, (2,), "euler", init, seeds, iterations=20, validation=0,
                                   reference=lambda x, smax: MIX.ode_solution(x, smax, 0.0))
     torch.testing.assert_close(exact, oracle_schedule(MIX, "euler", steps, seeds, iterations=20), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["euler", "ipndm"])
+def test_solver_aware_keeps_what_samples_best_on_its_held_back_seeds(solver):
+    """Fitted on 4 latents, the polished schedule follows them; of the starts and fits, the search returns the
+    one with the lowest error on the 12 seeds it held back, which is not the polished one here."""
+    steps, seeds = steps_for_nfe(solver, 6), list(range(16))
+    kw = dict(reference=lambda x, smax: MIX.ode_solution(x, smax, 0.0), iterations=20, starts=2)
+    chosen = solver_aware_schedule(MIX, (2,), solver, sigmas_edm(steps), seeds, validation=0.75, **kw)
+    polished = solver_aware_schedule(MIX, (2,), solver, sigmas_edm(steps), seeds[:4], validation=0, **kw)
+    x = latents(seeds[4:], (2,)).double() * 80.0
+    exact = MIX.ode_solution(x, 80.0, 0.0)
+    assert _error(solver, chosen, x, exact) < 0.9 * _error(solver, polished, x, exact)
+    assert _error(solver, chosen, x, exact) < _error(solver, sigmas_edm(steps), x, exact)
+
+
+@pytest.mark.parametrize("share, n", [(1.0, 16), (-0.1, 16), (0.25, 2)])
+def test_solver_aware_validation_share_must_leave_seeds_both_ways(share, n):
+    with pytest.raises(AdaschedError, match=f"validation share {share:g} of {n} probe seeds"):
+        solver_aware_schedule(MIX, (2,), "euler", sigmas_edm(4), list(range(n)), validation=share,
+                              reference=lambda x, smax: MIX.ode_solution(x, smax, 0.0))
 
 
 def test_reference_solution_stops_at_the_models_floor():
@@ -83,7 +104,7 @@ def test_reference_solution_stops_at_the_models_floor():
     exact = pl.ode_solution(x, 80.0, 0.0)
     err = (reference_solution(pl, x, 80.0) - exact).pow(2).mean().sqrt()
     coarse = (reference_solution(pl, x, 80.0, sigma_min=0.002) - exact).pow(2).mean().sqrt()
-    assert err < 1e-5 < coarse
+    assert err < 1e-7 and coarse > 1e-5
 
     seen = []
 
@@ -96,6 +117,29 @@ def test_reference_solution_stops_at_the_models_floor():
 
     reference_solution(Net(), x, 80.0, steps=16)
     assert min(seen) == pytest.approx(0.01) and 0 < REFERENCE_FLOOR < 0.01
+
+
+def test_reference_solution_is_richardson_extrapolated_heun():
+    """Heun's global error is O(h^2): combining the solves on N and N/2 steps of the same schedule cancels
+    that term, so the reference is far more accurate than the finer solve alone (exact truth: a Gaussian's
+    closed-form ODE solution)."""
+    from adasched.fitting import REFERENCE_FLOOR, reference_solution
+    from adasched.targets import PowerLawGaussian
+
+    pl = PowerLawGaussian((1, 8, 8), alpha=2.0).in_eigenbasis()
+    x = latents(range(4), pl.shape).double() * 80.0
+    exact = pl.ode_solution(x, 80.0, 0.0)
+
+    def rms(a):
+        return float((a - exact).pow(2).mean().sqrt())
+
+    alone = {n: rms(SOLVERS["heun"].fn(pl, x, sigmas_edm(n, REFERENCE_FLOOR, 80.0))) for n in (128, 256)}
+    extrapolated = {n: rms(reference_solution(pl, x, 80.0, steps=n)) for n in (128, 256)}
+    assert alone[256] > alone[128] / 5  # second order: halving the step quarters the error
+    assert extrapolated[256] < extrapolated[128] / 6  # third order: an eighth
+    assert extrapolated[256] < 0.05 * alone[256]
+    with pytest.raises(AdaschedError, match="even"):
+        reference_solution(pl, x, 80.0, steps=15)
 
 
 def test_lbfgs_keeps_the_best_schedule_when_a_trial_step_is_invalid():
