@@ -8,8 +8,8 @@ latents (evaluation seeds 1000..), for the schedules
   edm (rho 7), loglinear, kl-optimal            closed forms
   score-optimal, score-optimal-po               the paper's CO and PO costs, probed (200 / 100 intervals)
   solver-aware                                  the best of CO, PO and closed-form starts, refined
-                                                against the model's own 2047-NFE solves on separate
-                                                seeds (adasched.fitting.solver_aware_schedule)
+                                                against the model's own extrapolated 3070-NFE solves on
+                                                separate seeds (adasched.fitting.solver_aware_schedule)
   oracle                                        the same search from every schedule of the row, fitted
                                                 to the exact solutions of the evaluation latents
                                                 (adasched.fitting.oracle_schedule)
@@ -20,9 +20,11 @@ follows noise.  Hence, per target, 1024 evaluation and 512 fit latents for the m
 Gaussian's error sums 3072 independent coordinates per latent and concentrates, so 128 of each do there
 (``SEEDS``).  ``--heldout N`` also scores every schedule on N latents (seeds 5000..) none was fitted to.
 
-Writes a CSV and prints a Markdown table per target:
+Writes a CSV (after every cell) and prints a Markdown table per target; runs over separate ``--cells``
+in parallel processes are joined by ``--merge``:
 
     .venv/bin/python benchmarks/quality.py --targets mix2d --out benchmarks/results/quality-mix2d.csv
+    .venv/bin/python benchmarks/quality.py --merge a.csv b.csv
 """
 
 from __future__ import annotations
@@ -87,23 +89,74 @@ def unfitted_schedules(co: Path, po: Path, steps: int) -> dict:
             "score-optimal": score_optimal_from_probes(co, steps), "score-optimal-po": score_optimal_from_probes(po, steps)}
 
 
-def summary(rows: list[dict], name: str) -> str:
-    """Counts of the cells where the recommended schedule is the lowest non-oracle one and within 1.5x of the
-    oracle, on the evaluation latents and (when scored) the held-out ones."""
+def by_cell(rows: list[dict], name: str) -> dict:
+    """``{(solver, nfe): {schedule: row}}`` for one target, in the order of ``NFES``."""
     cells = {}
     for r in rows:
         if r["target"] == name:
-            cells.setdefault((r["solver"], r["nfe"]), {})[r["schedule"]] = r
+            cells.setdefault((r["solver"], int(r["nfe"])), {})[r["schedule"]] = r
+    order = [(solver, nfe) for solver, nfes in NFES.items() for nfe in nfes]
+    return dict(sorted(cells.items(), key=lambda kv: order.index(kv[0])))
+
+
+def row_line(solver: str, nfe: int, cell: dict) -> str:
+    """One Markdown row: every schedule's error on the evaluation latents, the recommended one in bold where it
+    is the lowest non-oracle one, and recommended / oracle (also held out, when scored)."""
+    err = {k: float(cell[k]["rmse"]) for k in SCHEDULES}
+    best_other = min(v for k, v in err.items() if k not in ("oracle", RECOMMENDED))
+    cells = []
+    for k in SCHEDULES:
+        text = f"{err[k]:.3g}"
+        if k == RECOMMENDED:
+            text = f"**{text}**" if err[k] <= best_other else f"{text} (miss)"
+        cells.append(text)
+    line = f"| {solver} | {nfe} | " + " | ".join(cells) + f" | {err[RECOMMENDED] / err['oracle']:.2f} |"
+    if cell[RECOMMENDED]["rmse_heldout"] != "":
+        line += f" {float(cell[RECOMMENDED]['rmse_heldout']) / float(cell['oracle']['rmse_heldout']):.2f} |"
+    return line
+
+
+def header(heldout: bool) -> str:
+    extra = " rec./oracle held-out |" if heldout else ""
+    return ("| solver | NFE | " + " | ".join(SCHEDULES) + " | rec./oracle |" + extra + "\n|"
+            + "---|" * (len(SCHEDULES) + 3 + heldout))
+
+
+def summary(rows: list[dict], name: str) -> str:
+    """Counts of the cells where the recommended schedule is the lowest non-oracle one and within 1.5x of the
+    oracle, on the evaluation latents and (when scored) the held-out ones."""
+    cells = by_cell(rows, name)
     out = []
     for col, label in (("rmse", "evaluation"), ("rmse_heldout", "held-out")):
         if any(c[RECOMMENDED][col] == "" for c in cells.values()):
             continue
-        lowest = sum(c[RECOMMENDED][col] <= min(v[col] for k, v in c.items() if k not in ("oracle", RECOMMENDED))
-                     for c in cells.values())
-        within = sum(c[RECOMMENDED][col] <= 1.5 * c["oracle"][col] for c in cells.values())
+        err = [{k: float(v[col]) for k, v in c.items()} for c in cells.values()]
+        lowest = sum(e[RECOMMENDED] <= min(v for k, v in e.items() if k not in ("oracle", RECOMMENDED)) for e in err)
+        within = sum(e[RECOMMENDED] <= 1.5 * e["oracle"] for e in err)
         out.append(f"{label} latents: lowest non-oracle in {lowest} of {len(cells)} cells, "
                    f"within 1.5x of the oracle in {within} of {len(cells)}")
     return "; ".join(out)
+
+
+def write_csv(rows: list[dict], out: Path) -> None:
+    """Rewritten after every cell (through a temporary file), so a run cut short keeps what it finished."""
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out)
+
+
+def merge(paths: list[str]) -> None:
+    """Print the tables and summaries of CSVs written by runs over separate cells (``--cells``)."""
+    rows = [r for p in paths for r in csv.DictReader(open(p))]
+    for name in dict.fromkeys(r["target"] for r in rows):
+        cells = by_cell(rows, name)
+        print(f"\n## {name}\n\n" + header(all(c[RECOMMENDED]["rmse_heldout"] != "" for c in cells.values())))
+        for (solver, nfe), cell in cells.items():
+            print(row_line(solver, nfe, cell))
+        print(f"\n{name}: {summary(rows, name)}")
 
 
 def main():
@@ -114,8 +167,12 @@ def main():
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--targets", nargs="*", default=None)
     ap.add_argument("--solvers", nargs="*", default=None, choices=list(NFES), help="default: all")
+    ap.add_argument("--cells", nargs="*", default=None, help="only these SOLVER:NFE cells (default: all)")
     ap.add_argument("--heldout", type=int, default=0, help="also score every schedule on this many held-out latents")
+    ap.add_argument("--merge", nargs="+", metavar="CSV", help="print the tables of CSVs from earlier runs, and stop")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +182,10 @@ def main():
     tmp = Path(tempfile.mkdtemp())
     for name, target in make_targets().items():
         if args.targets and name not in args.targets:
+            continue
+        todo = [(solver, nfe) for solver, nfes in NFES.items() for nfe in nfes
+                if (not args.solvers or solver in args.solvers) and (not args.cells or f"{solver}:{nfe}" in args.cells)]
+        if not todo:
             continue
         t0 = time.time()
         co, po = probe_files(target, name, tmp)
@@ -137,44 +198,29 @@ def main():
         x, exact = start_points(target, seeds)
         if args.heldout:
             x_h, exact_h = start_points(target, range(5000, 5000 + args.heldout))
-        extra = " rec./oracle held-out |" if args.heldout else ""
-        header = "| solver | NFE | " + " | ".join(SCHEDULES) + " | rec./oracle |" + extra
-        print(header + "\n|" + "---|" * (len(SCHEDULES) + 3 + bool(args.heldout)))
-        for solver, nfes in NFES.items():
-            if args.solvers and solver not in args.solvers:
-                continue
+        print(header(bool(args.heldout)))
+        for solver, nfe in todo:
             fn = SOLVERS[solver].fn
-            for nfe in nfes:
-                steps = steps_for_nfe(solver, nfe)
-                sched = unfitted_schedules(co, po, steps)
-                # Fitted to the model's own 2047-NFE Heun solves on the fit seeds, never to the exact solution.
-                sched["solver-aware"] = solver_aware_schedule(
-                    target, target.shape, solver, sched["score-optimal"], fit_seeds,
-                    reference=fit_ref, candidates=[sched["score-optimal-po"]], iterations=args.iterations)
-                # One refinement, from the best schedule of the row on the evaluation latents: never worse than any.
-                sched["oracle"] = oracle_schedule(target, solver, steps, seeds, init_sigmas=sched[RECOMMENDED],
-                                                  candidates=list(sched.values()), exact=exact, starts=1,
-                                                  iterations=args.iterations)
-                err = {k: rmse(fn(target, x, s), exact) for k, s in sched.items()}
-                held = {k: rmse(fn(target, x_h, s), exact_h) for k, s in sched.items()} if args.heldout else {}
-                best_other = min(v for k, v in err.items() if k not in ("oracle", RECOMMENDED))
-                ratio = err[RECOMMENDED] / err["oracle"]
-                cells = []
-                for k in SCHEDULES:
-                    cell = f"{err[k]:.3g}"
-                    if k == RECOMMENDED:
-                        cell = f"**{cell}**" if err[k] <= best_other else f"{cell} (miss)"
-                    cells.append(cell)
-                tail = f" {held[RECOMMENDED] / held['oracle']:.2f} |" if held else ""
-                print(f"| {solver} | {nfe} | " + " | ".join(cells) + f" | {ratio:.2f} |" + tail, flush=True)
-                for k in SCHEDULES:
-                    rows.append({"target": name, "solver": solver, "nfe": nfe, "schedule": k, "rmse": err[k],
-                                 "rmse_heldout": held.get(k, ""),
-                                 "sigmas": " ".join(f"{v:.6g}" for v in sched[k].tolist())})
-        with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+            steps = steps_for_nfe(solver, nfe)
+            sched = unfitted_schedules(co, po, steps)
+            # Fitted to the model's own extrapolated Heun solves on the fit seeds (the last quarter held back to
+            # choose between starts and fits), never to the exact solution.
+            sched["solver-aware"] = solver_aware_schedule(
+                target, target.shape, solver, sched["score-optimal"], fit_seeds,
+                reference=fit_ref, candidates=[sched["score-optimal-po"]], iterations=args.iterations)
+            # One refinement, from the best schedule of the row on the evaluation latents: never worse than any.
+            sched["oracle"] = oracle_schedule(target, solver, steps, seeds, init_sigmas=sched[RECOMMENDED],
+                                              candidates=list(sched.values()), exact=exact, starts=1,
+                                              iterations=args.iterations)
+            cell = {}
+            for k in SCHEDULES:
+                cell[k] = {"target": name, "solver": solver, "nfe": nfe, "schedule": k,
+                           "rmse": rmse(fn(target, x, sched[k]), exact),
+                           "rmse_heldout": rmse(fn(target, x_h, sched[k]), exact_h) if args.heldout else "",
+                           "sigmas": " ".join(f"{v:.6g}" for v in sched[k].tolist())}
+            rows += cell.values()
+            write_csv(rows, out)
+            print(row_line(solver, nfe, cell), flush=True)
         print(f"\n{name}: {summary(rows, name)} ({time.time() - t0:.0f} s)")
 
 
