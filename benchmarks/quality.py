@@ -203,8 +203,7 @@ def main():
             fn = SOLVERS[solver].fn
             steps = steps_for_nfe(solver, nfe)
             sched = unfitted_schedules(co, po, steps)
-            # Fitted to the model's own extrapolated Heun solves on the fit seeds (the last quarter held back to
-            # choose between starts and fits), never to the exact solution.
+            # Fitted to the model's own extrapolated Heun solves on the fit seeds, never to the exact solution.
             sched["solver-aware"] = solver_aware_schedule(
                 target, target.shape, solver, sched["score-optimal"], fit_seeds,
                 reference=fit_ref, candidates=[sched["score-optimal-po"]], iterations=args.iterations)
