@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-seeds", type=_positive_int, default=64,
                    help="solver-aware: trajectories to fit on (seeds from 1000000 on; default 64)")
     p.add_argument("--fit-iterations", type=_positive_int, default=200,
-                   help="solver-aware: Adam steps per start, and at most as many L-BFGS iterations to polish the "
-                        "best (default 200)")
+                   help="solver-aware: Adam steps per start, and at most as many L-BFGS iterations per run of "
+                        "the polish of the best (default 200)")
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write")
     _add_solver_options(p, nfe_only=True)
 

@@ -67,7 +67,7 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     Adam steps with cosine learning-rate decay from ``lr``, which travels far from a start but converges
     slowly; ``"lbfgs"``: L-BFGS with a strong-Wolfe line search and at most ``iterations`` iterations
     (``lr`` unused), which converges fast near a minimum, restarted from its best point while a run gains more
-than 1% (at most :data:`LBFGS_RUNS` runs).  The best schedule evaluated is returned.
+    than 1% (at most :data:`LBFGS_RUNS` runs).  The best schedule evaluated is returned.
     Stochastic solvers use per-sample generators re-seeded at every evaluation from ``generator_seeds``.
     """
     if optimizer not in OPTIMIZERS:
@@ -155,7 +155,7 @@ def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_m
 
     Heun on EDM's rho = 7 schedule with ``steps`` and with ``steps // 2`` steps (the coarse grid is every
     other level of the fine one); Heun's global error is O(h^2), so ``(4 fine - coarse) / 3`` cancels its
-    leading term: 1.5x the fine solve's cost (3069 NFE by default), 20x to 100x less error on the analytic
+    leading term: 1.5x the fine solve's cost (3070 NFE by default), 20x to 100x less error on the analytic
     targets.  It stops at ``sigma_min``, by default the model's own (a network is untrained below it), or
     :data:`REFERENCE_FLOOR` for a model that declares 0; then the final jump to 0.
     """

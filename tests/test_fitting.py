@@ -40,7 +40,6 @@ def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian(optimizer):
 
 
 def test_fit_schedule_names_the_valid_optimizers():
-
     with pytest.raises(AdaschedError, match="unknown optimizer 'sgd'; valid: adam, lbfgs"):
         fit_schedule(None, "euler", sigmas_edm(4), torch.zeros(1, 1), torch.zeros(1, 1), optimizer="sgd")
 
