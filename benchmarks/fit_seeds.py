@@ -2,7 +2,7 @@
 
 At high NFE the per-latent sampling error on the mixtures is heavy-tailed, so a fit on few latents
 follows the few that dominate.  For each ``SOLVER:NFE`` cell this fits the solver-aware schedule (as
-quality.py does: probed and closed-form starts, refined against the model's own 2047-NFE solves) on
+quality.py does: probed and closed-form starts, refined against the model's own extrapolated solves) on
 ``--fit-seeds`` latents each, and scores it on ``--eval`` latents none was fitted to (seeds 5000..),
 next to the best unfitted schedule and the oracle (fitted to the exact solutions of those evaluation
 latents: the limit).  Fit seconds are CPU time on one thread.  The last column is the share of the
