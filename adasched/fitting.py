@@ -80,7 +80,6 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     floor = float(sigma_floor)
     if not float(s0[-2]) > floor:
         raise AdaschedError(f"initial schedule's last positive sigma {float(s0[-2]):g} is not above the floor {floor:g}")
-    theta = _to_params(s0, floor)
     x_start = x_start.detach()
     target = target.detach()
     best, best_loss = s0, math.inf
@@ -100,6 +99,7 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
         return loss
 
     if optimizer == "adam":
+        theta = _to_params(s0, floor)
         opt = torch.optim.Adam([theta], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
         for _ in range(iterations):

@@ -99,16 +99,20 @@ def by_cell(rows: list[dict], name: str) -> dict:
     return dict(sorted(cells.items(), key=lambda kv: order.index(kv[0])))
 
 
+def lowest_non_oracle(err: dict) -> bool:
+    """Whether the recommended schedule's error is the lowest of all but the oracle's (``{schedule: error}``)."""
+    return err[RECOMMENDED] <= min(v for k, v in err.items() if k not in ("oracle", RECOMMENDED))
+
+
 def row_line(solver: str, nfe: int, cell: dict) -> str:
     """One Markdown row: every schedule's error on the evaluation latents, the recommended one in bold where it
     is the lowest non-oracle one, and recommended / oracle (also held out, when scored)."""
     err = {k: float(cell[k]["rmse"]) for k in SCHEDULES}
-    best_other = min(v for k, v in err.items() if k not in ("oracle", RECOMMENDED))
     cells = []
     for k in SCHEDULES:
         text = f"{err[k]:.3g}"
         if k == RECOMMENDED:
-            text = f"**{text}**" if err[k] <= best_other else f"{text} (miss)"
+            text = f"**{text}**" if lowest_non_oracle(err) else f"{text} (miss)"
         cells.append(text)
     line = f"| {solver} | {nfe} | " + " | ".join(cells) + f" | {err[RECOMMENDED] / err['oracle']:.2f} |"
     if cell[RECOMMENDED]["rmse_heldout"] != "":
@@ -131,7 +135,7 @@ def summary(rows: list[dict], name: str) -> str:
         if any(c[RECOMMENDED][col] == "" for c in cells.values()):
             continue
         err = [{k: float(v[col]) for k, v in c.items()} for c in cells.values()]
-        lowest = sum(e[RECOMMENDED] <= min(v for k, v in e.items() if k not in ("oracle", RECOMMENDED)) for e in err)
+        lowest = sum(map(lowest_non_oracle, err))
         within = sum(e[RECOMMENDED] <= 1.5 * e["oracle"] for e in err)
         out.append(f"{label} latents: lowest non-oracle in {lowest} of {len(cells)} cells, "
                    f"within 1.5x of the oracle in {within} of {len(cells)}")
@@ -150,7 +154,10 @@ def write_csv(rows: list[dict], out: Path) -> None:
 
 def merge(paths: list[str]) -> None:
     """Print the tables and summaries of CSVs written by runs over separate cells (``--cells``)."""
-    rows = [r for p in paths for r in csv.DictReader(open(p))]
+    rows = []
+    for p in paths:
+        with open(p, newline="") as f:
+            rows += csv.DictReader(f)
     for name in dict.fromkeys(r["target"] for r in rows):
         cells = by_cell(rows, name)
         print(f"\n## {name}\n\n" + header(all(c[RECOMMENDED]["rmse_heldout"] != "" for c in cells.values())))
