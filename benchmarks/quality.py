@@ -180,6 +180,11 @@ def main():
     args = ap.parse_args()
     if args.merge:
         return merge(args.merge)
+    known = [f"{solver}:{nfe}" for solver, nfes in NFES.items() for nfe in nfes]
+    for what, given, valid in (("cell", args.cells, known), ("target", args.targets, list(SEEDS))):
+        unknown = [g for g in given or [] if g not in valid]
+        if unknown:
+            ap.error(f"unknown {what} {', '.join(unknown)}; valid: {' '.join(valid)}")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
