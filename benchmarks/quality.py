@@ -228,7 +228,7 @@ def main():
                 cell[k] = {"target": name, "solver": solver, "nfe": nfe, "schedule": k,
                            "rmse": rmse(fn(target, x, sched[k]), exact),
                            "rmse_heldout": rmse(fn(target, x_h, sched[k]), exact_h) if args.heldout else "",
-                           "sigmas": " ".join(f"{v:.6g}" for v in sched[k].tolist())}
+                           "sigmas": " ".join(map(repr, sched[k].tolist()))}
             rows += cell.values()
             write_csv(rows, out)
             print(row_line(solver, nfe, cell), flush=True)
