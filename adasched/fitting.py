@@ -144,18 +144,18 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
 
 #: Where :func:`reference_solution` stops before its final jump to 0 for a model exact at every sigma
 #: (``sigma_min`` 0: the analytic targets).  The jump from 0.002 alone leaves 5e-5 RMSE on the power-law
-#: Gaussian and 9e-5 on the 64-D mixture, as much as good 10-NFE schedules' own error; from 2e-5, with the
-#: extrapolated 1024-step solve, 1.7e-8 and 1.2e-7 (benchmarks/reference_error.py, docs/benchmarks.md).
-REFERENCE_FLOOR = 2e-5
+#: Gaussian and 9e-5 on the 64-D mixture, as much as good 10-NFE schedules' own error; from 2e-6, with the
+#: extrapolated 2048-step solve, 1.8e-9 and 1.6e-8 (benchmarks/reference_error.py, docs/benchmarks.md).
+REFERENCE_FLOOR = 2e-6
 
 
 def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_min: float | None = None,
-                       steps: int = 1024) -> torch.Tensor:
+                       steps: int = 2048) -> torch.Tensor:
     """A high-accuracy probability-flow solve by the model itself: Richardson-extrapolated Heun.
 
     Heun on EDM's rho = 7 schedule with ``steps`` and with ``steps // 2`` steps (the coarse grid is every
     other level of the fine one); Heun's global error is O(h^2), so ``(4 fine - coarse) / 3`` cancels its
-    leading term: 1.5x the fine solve's cost (3070 NFE by default), 20x to 100x less error on the analytic
+    leading term: 1.5x the fine solve's cost (6142 NFE by default), 10x to 100x less error on the analytic
     targets.  It stops at ``sigma_min``, by default the model's own (a network is untrained below it), or
     :data:`REFERENCE_FLOOR` for a model that declares 0; then the final jump to 0.
     """
