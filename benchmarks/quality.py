@@ -8,7 +8,7 @@ latents (evaluation seeds 1000..), for the schedules
   edm (rho 7), loglinear, kl-optimal            closed forms
   score-optimal, score-optimal-po               the paper's CO and PO costs, probed (200 / 100 intervals)
   solver-aware                                  the best of CO, PO and closed-form starts, refined
-                                                against the model's own extrapolated 3070-NFE solves on
+                                                against the model's own extrapolated 6142-NFE solves on
                                                 separate seeds (adasched.fitting.solver_aware_schedule)
   oracle                                        the same search from every schedule of the row, fitted
                                                 to the exact solutions of the evaluation latents
