@@ -53,10 +53,11 @@ def _to_params(sigmas: torch.Tensor, floor: float) -> torch.Tensor:
 
 OPTIMIZERS = ("adam", "lbfgs")
 
-#: At most this many L-BFGS runs in a row, each from the best point of the last (:func:`fit_schedule`).  The
-#: 1% rule ends most fits after two or three; on the power-law Gaussian at 15 to 20 NFE five still gained
-#: and a sixth went 3x lower (iPNDM 15 NFE), so the cap only guards against a fit that never settles.
-LBFGS_RUNS = 20
+#: At most this many L-BFGS runs in a row, each from the best point of the last (:func:`fit_schedule`).  Five
+#: can stop a fit of an ill-conditioned error while it still gains (power-law Gaussian, iPNDM 15 NFE: one
+#: more L-BFGS call went 3x lower, to the oracle's 1.1e-7), but 20 made a 3072-D cell several times slower
+#: (docs/benchmarks.md): five is the cost chosen.
+LBFGS_RUNS = 5
 
 
 def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, target: torch.Tensor, *,
