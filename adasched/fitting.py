@@ -56,7 +56,9 @@ OPTIMIZERS = ("adam", "lbfgs")
 #: At most this many L-BFGS runs in a row, each from the best point of the last (:func:`fit_schedule`).  Five
 #: can stop a fit of an ill-conditioned error while it still gains (power-law Gaussian, iPNDM 15 NFE: one
 #: more L-BFGS call went 3x lower, to the oracle's 1.1e-7), but 20 made a 3072-D cell several times slower
-#: (docs/benchmarks.md): five is the cost chosen.
+#: (docs/benchmarks.md): five is the cost chosen.  Those fits are ill-conditioned (Hessian condition 1e8 to
+#: 1e11); L-BFGS in coordinates whitened by the exact Hessian reaches the oracle there
+#: (benchmarks/whitened_polish.py), not yet adopted here.
 LBFGS_RUNS = 5
 
 
