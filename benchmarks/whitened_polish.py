@@ -1,16 +1,18 @@
-"""Whether the power-law misses are the optimiser's depth: L-BFGS in Hessian-whitened coordinates.
+"""Whether a solver-aware fit stops at the optimiser's depth: L-BFGS in Hessian-whitened coordinates.
 
 The solver-aware fits of quality.py's power-law Gaussian stop 1.9x to 3.0x above the oracle at iPNDM 15 and
 20 NFE and DPM-Solver++(2M) 20 NFE.  The error there is very ill-conditioned in the fit's parameters (the
-log-gaps of :func:`adasched.fitting.fit_schedule`): the Hessian of the relative error has a condition number
-near 1e8.  This script takes each cell's solver-aware schedule from quality.py's CSV and polishes it, on
-the same fit latents against the same reference, by L-BFGS in the coordinates ``u`` with ``theta = theta_0
-+ V |E|^(-1/2) u``, where ``V E V^T`` is the exact Hessian at ``theta_0`` (eigenvalues floored at 1e-12 of
-the largest), recomputed at each round's best point; rounds go on while one gains more than 1% (at most
-``--rounds``).  Scored on quality.py's evaluation latents, next to the oracle of the CSV.  A measurement for
-a change to ``fit_schedule``, not yet part of it.  Seconds are CPU time on one thread.
+log-gaps of :func:`adasched.fitting.fit_schedule`): the Hessian of the relative error has condition numbers
+of 1e8 to 1e11.  This script takes each cell's solver-aware schedule from quality.py's CSVs and polishes it,
+on the same fit latents against the current reference (:func:`adasched.fitting.reference_solution`), by
+L-BFGS in the coordinates ``u`` with ``theta = theta_0 + V |E|^(-1/2) u``, where ``V E V^T`` is the exact
+Hessian at ``theta_0`` (eigenvalues floored at 1e-12 of the largest), recomputed at each round's best point;
+rounds go on while one gains more than 1% (at most ``--rounds``).  Scored on quality.py's evaluation latents
+(and ``--heldout`` others), next to the CSV's oracle.  A measurement for a change to ``fit_schedule``, not
+yet part of it.  Seconds are CPU time on one thread.
 
     .venv/bin/python benchmarks/whitened_polish.py --cells ipndm:15 ipndm:20 dpmpp-2m:20
+    .venv/bin/python benchmarks/whitened_polish.py --target mix2d --cells ipndm:15 heun:15 --heldout 2048
 """
 
 from __future__ import annotations
@@ -71,22 +73,28 @@ def whitened_lbfgs(loss_of, theta0: torch.Tensor, rounds: int, iterations: int =
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--csv", default="benchmarks/results/quality-powerlaw3072.csv")
+    ap.add_argument("--target", default="powerlaw3072", choices=list(SEEDS))
+    ap.add_argument("--csv", nargs="+", default=None, help="quality.py CSVs (default: quality-TARGET*.csv)")
     ap.add_argument("--cells", nargs="+", default=["ipndm:15", "ipndm:20", "dpmpp-2m:20"], help="SOLVER:NFE cells")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--heldout", type=int, default=0, help="also score on this many held-out latents (seeds 5000..)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    name = "powerlaw3072"
+    name = args.target
     target = make_targets()[name]
-    rows = {(r["solver"], r["nfe"], r["schedule"]): r for r in csv.DictReader(open(args.csv)) if r["target"] == name}
+    files = args.csv or sorted(map(str, Path("benchmarks/results").glob(f"quality-{name}*.csv")))
+    rows = {(r["solver"], r["nfe"], r["schedule"]): r for f in files for r in csv.DictReader(open(f))
+            if r["target"] == name}
     n_eval, n_fit = SEEDS[name]
-    x, exact = start_points(target, range(1000, 1000 + n_eval))
+    sets = {"evaluation": start_points(target, range(1000, 1000 + n_eval))}
+    if args.heldout:
+        sets["held-out"] = start_points(target, range(5000, 5000 + args.heldout))
     x_fit = latents(list(range(n_fit)), target.shape).double() * 80.0
     ref = reference_solution(target, x_fit, 80.0)
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, {args.csv}, "
-          f"fit seeds 0..{n_fit - 1}, evaluation seeds 1000..{999 + n_eval}")
-    print("| solver | NFE | solver-aware | whitened polish (s) | oracle | rounds: fit MSE (Hessian condition) | "
-          "before / oracle | after / oracle |\n|---|---|---|---|---|---|---|---|")
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, {' '.join(files)}, "
+          f"fit seeds 0..{n_fit - 1}, evaluation seeds 1000..{999 + n_eval}, held-out seeds 5000..{4999 + args.heldout}")
+    print("| solver | NFE | latents | solver-aware | whitened polish (s) | oracle | rounds: fit MSE (Hessian condition) | "
+          "before / oracle | after / oracle |\n|---|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
         solver, nfe = cell.split(":")
         fn = SOLVERS[solver].fn
@@ -96,11 +104,13 @@ def main():
         theta, log = whitened_lbfgs(lambda th: (fn(target, x_fit, _from_params(th, 80.0, FLOOR)) - ref).pow(2).mean(),
                                     _to_params(sigmas["solver-aware"], FLOOR).detach(), args.rounds)
         secs = time.process_time() - t0
-        err = {k: rmse(fn(target, x, s), exact) for k, s in sigmas.items()}
-        polished = rmse(fn(target, x, _from_params(theta, 80.0, FLOOR).detach()), exact)
+        sigmas["polished"] = _from_params(theta, 80.0, FLOOR).detach()
         rounds = "; ".join(f"{a:.3g} -> {b:.3g} ({c:.1e})" for a, b, c in log)
-        print(f"| {solver} | {nfe} | {err['solver-aware']:.3g} | {polished:.3g} ({secs:.0f}) | {err['oracle']:.3g} | "
-              f"{rounds} | {err['solver-aware'] / err['oracle']:.2f} | {polished / err['oracle']:.2f} |", flush=True)
+        for label, (x, exact) in sets.items():
+            err = {k: rmse(fn(target, x, s), exact) for k, s in sigmas.items()}
+            print(f"| {solver} | {nfe} | {label} | {err['solver-aware']:.3g} | {err['polished']:.3g} ({secs:.0f}) | "
+                  f"{err['oracle']:.3g} | {rounds} | {err['solver-aware'] / err['oracle']:.2f} | "
+                  f"{err['polished'] / err['oracle']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
