@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import SEEDS, make_targets, start_points  # noqa: E402
 
+from adasched.errors import ScheduleError  # noqa: E402
 from adasched.fitting import _from_params, _to_params, reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
 from adasched.samplers import SOLVERS, latents  # noqa: E402
@@ -67,8 +68,8 @@ def whitened_lbfgs(loss_of, theta0: torch.Tensor, rounds: int, iterations: int =
 
         try:
             opt.step(closure)
-        except Exception:  # an invalid trial schedule (merged levels): keep the best point evaluated
-            pass
+        except (ScheduleError, FloatingPointError, RuntimeError) as err:  # e.g. merged levels: keep the best
+            print(f"  round stopped at an invalid trial point ({type(err).__name__}: {err})", file=sys.stderr)
         log.append((scale, best[0], cond))
         theta0 = best[1]
         if not best[0] < 0.99 * scale:
