@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import platform
 import sys
 import time
@@ -27,14 +28,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import SEEDS, make_targets, start_points  # noqa: E402
+from quality import SEEDS, by_cell, make_targets, start_points  # noqa: E402
 
 from adasched.errors import ScheduleError  # noqa: E402
-from adasched.fitting import _from_params, _to_params, reference_solution  # noqa: E402
+from adasched.fitting import _from_params, _to_params, fit_schedule, reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
 from adasched.samplers import SOLVERS, latents  # noqa: E402
 
-FLOOR = 1e-4  # fit_schedule's default sigma_floor
+FLOOR = inspect.signature(fit_schedule).parameters["sigma_floor"].default  # the shipped fits' floor
 
 
 def whitened_lbfgs(loss_of, theta0: torch.Tensor, rounds: int, iterations: int = 200) -> tuple[torch.Tensor, list]:
@@ -89,8 +90,16 @@ def main():
     name = args.target
     target = make_targets()[name]
     files = args.csv or sorted(map(str, Path("benchmarks/results").glob(f"quality-{name}*.csv")))
-    rows = {(r["solver"], r["nfe"], r["schedule"]): r for f in files for r in csv.DictReader(open(f))
-            if r["target"] == name}
+    rows = []
+    for path in files:
+        with open(path, newline="") as f:
+            rows += csv.DictReader(f)
+    cells = by_cell(rows, name)  # a later file's cell replaces an earlier one's, as in quality.py --merge
+    there = {f"{solver}:{nfe}": (solver, nfe) for solver, nfe in cells}
+    missing = [c for c in args.cells if c not in there]
+    if missing:
+        ap.error(f"no {name} rows for cell {', '.join(missing)} in {' '.join(files) or 'no CSV'}; "
+                 f"there: {' '.join(there)}")
     n_eval, n_fit = SEEDS[name]
     sets = {"evaluation": start_points(target, range(1000, 1000 + n_eval))}
     if args.heldout:
@@ -102,10 +111,9 @@ def main():
           f"held-out seeds 5000..{4999 + args.heldout}")
     print("| solver | NFE | latents | solver-aware | whitened polish (s) | oracle | "
           "rounds: fit MSE (Hessian condition) | before / oracle | after / oracle |\n" + "|---" * 9 + "|")
-    for cell in args.cells:
-        solver, nfe = cell.split(":")
+    for solver, nfe in map(there.get, args.cells):
         fn = SOLVERS[solver].fn
-        sigmas = {k: torch.tensor([float(v) for v in rows[(solver, nfe, k)]["sigmas"].split()], dtype=torch.float64)
+        sigmas = {k: torch.tensor([float(v) for v in cells[(solver, nfe)][k]["sigmas"].split()], dtype=torch.float64)
                   for k in ("solver-aware", "oracle")}
         t0 = time.process_time()
         theta, log = whitened_lbfgs(lambda th: (fn(target, x_fit, _from_params(th, 80.0, FLOOR)) - ref).pow(2).mean(),
