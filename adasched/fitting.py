@@ -28,7 +28,7 @@ from adasched.errors import AdaschedError, ScheduleError
 from adasched.samplers import PerSampleGenerator, get_solver, latents
 from adasched.schedules import sigmas_edm, validate_sigmas
 
-__all__ = ["OPTIMIZERS", "REFERENCE_FLOOR", "candidate_schedules", "fit_schedule", "oracle_schedule",
+__all__ = ["OPTIMIZERS", "REFERENCE_FLOOR", "candidate_schedules", "fit_schedule", "hessian", "oracle_schedule",
            "reference_solution", "solver_aware_schedule"]
 
 log = logging.getLogger(__name__)
@@ -55,25 +55,48 @@ OPTIMIZERS = ("adam", "lbfgs")
 
 #: At most this many L-BFGS runs in a row, each from the best point of the last (:func:`fit_schedule`).  Five
 #: can stop a fit of an ill-conditioned error while it still gains (power-law Gaussian, iPNDM 15 NFE: one
-#: more L-BFGS call went 3x lower, to the oracle's 1.1e-7), but 20 made a 3072-D cell several times slower
-#: (docs/benchmarks.md): five is the cost chosen.  Those fits are ill-conditioned (Hessian condition 1e8 to
-#: 1e11); L-BFGS in coordinates whitened by the exact Hessian reaches the oracle there
-#: (benchmarks/whitened_polish.py), not yet adopted here.
+#: more L-BFGS call went 3x lower), but 20 made a 3072-D cell several times slower (docs/benchmarks.md):
+#: five is the cost chosen; the whitened rounds below take over from there.
 LBFGS_RUNS = 5
+
+#: At most this many rounds of L-BFGS in Hessian-whitened coordinates after the plain runs
+#: (:func:`fit_schedule`).  The fit error is very ill-conditioned in the log-gaps (exact Hessian condition
+#: 1e8 to 1e11 on the power-law Gaussian at 15 to 20 NFE), where plain L-BFGS stops 1.9x to 3x above the
+#: oracle and whitened rounds reach it (benchmarks/whitened_polish.py, docs/benchmarks.md).
+WHITENED_ROUNDS = 5
+
+
+def hessian(loss_of, theta: torch.Tensor) -> torch.Tensor:
+    """The exact Hessian of the scalar ``loss_of(theta)``, one double-backward row at a time.
+
+    ``p`` Hessian-vector products through one retained graph: a vmapped ``torch.func.hessian`` holds ``p``
+    copies of the solve's graph at once, which ran out of 24 GiB on the 64-D mixture at iPNDM 20 NFE with
+    2048 latents.  Plain autograd also keeps a stochastic solver's noise fixed across the rows.
+    """
+    theta = theta.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_of(theta), theta, create_graph=True)
+    rows = [torch.autograd.grad(grad[i], theta, retain_graph=i + 1 < theta.numel())[0]
+            for i in range(theta.numel())]
+    h = torch.stack(rows)
+    return (h + h.T) / 2
 
 
 def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, target: torch.Tensor, *,
                  iterations: int = 300, lr: float = 0.05, sigma_floor: float = 1e-4, optimizer: str = "adam",
-                 generator_seeds: Sequence[int] | None = None, **solver_options) -> torch.Tensor:
+                 generator_seeds: Sequence[int] | None = None, whitened_rounds: int = WHITENED_ROUNDS,
+                 **solver_options) -> torch.Tensor:
     """Minimise ``mean ||solve(x_start) - target||^2`` over the positive levels of ``init_sigmas``.
 
     ``x_start`` are the start points at ``init_sigmas[0]`` (``latents * sigma_max``), ``target`` the
-    outputs to match.  The parameters are the log-gaps between levels.  ``optimizer="adam"``: ``iterations``
-    Adam steps with cosine learning-rate decay from ``lr``, which travels far from a start but converges
-    slowly; ``"lbfgs"``: L-BFGS with a strong-Wolfe line search and at most ``iterations`` iterations
-    (``lr`` unused), which converges fast near a minimum, restarted from its best point while a run gains more
-    than 1% (at most :data:`LBFGS_RUNS` runs).  The best schedule evaluated is returned.
-    Stochastic solvers use per-sample generators re-seeded at every evaluation from ``generator_seeds``.
+    outputs to match.  The parameters ``theta`` are the log-gaps between levels.  ``optimizer="adam"``:
+    ``iterations`` Adam steps with cosine learning-rate decay from ``lr``, which travels far from a start but
+    converges slowly.  ``"lbfgs"`` (``lr`` unused) converges fast near a minimum: L-BFGS with a strong-Wolfe
+    line search and at most ``iterations`` iterations, restarted from its best point while a run gains more
+    than 1% (at most :data:`LBFGS_RUNS` runs); then up to ``whitened_rounds`` rounds of the same L-BFGS in
+    coordinates ``u`` with ``theta = theta_0 + V |E|^(-1/2) u``, where ``V E V^T`` is the exact Hessian
+    (:func:`hessian`, ``p`` Hessian-vector products) of the error at the round's start ``theta_0``, again
+    while a round gains more than 1%.  The best schedule evaluated is returned.  Stochastic solvers use
+    per-sample generators re-seeded at every evaluation from ``generator_seeds``.
     """
     if optimizer not in OPTIMIZERS:
         raise AdaschedError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -90,7 +113,7 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     best, best_loss = s0, math.inf
     evaluations = 0
 
-    def loss_of_theta() -> torch.Tensor:
+    def loss_of(theta: torch.Tensor) -> torch.Tensor:
         nonlocal best, best_loss, evaluations
         sigmas = _from_params(theta, sigma_max, floor)
         gen = PerSampleGenerator(generator_seeds) if spec.stochastic else None
@@ -109,17 +132,22 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
         for _ in range(iterations):
             opt.zero_grad()
-            loss_of_theta().backward()
+            loss_of(theta).backward()
             opt.step()
             sched.step()
         with torch.no_grad():
-            loss_of_theta()
-    else:
+            loss_of(theta)
+        return validate_sigmas(best)
+
+    def lbfgs(u: torch.Tensor, to_theta: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """One L-BFGS run over the leaf ``u``, the log-gaps being ``to_theta(u)``; updates ``best``."""
+        scale = None
+
         def closure():
             nonlocal scale
             opt.zero_grad()
             try:
-                loss = loss_of_theta()
+                loss = loss_of(to_theta(u))
             except ScheduleError:  # a trial step so long that levels merge in float64
                 raise FloatingPointError from None
             if not torch.isfinite(loss):
@@ -129,21 +157,37 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
             loss.backward()
             return loss
 
-        # One L-BFGS run can stall far above the minimum (a curvature history from far away, or an invalid
-        # trial point): restarted from its best point with a fresh history, it goes on (2.4x lower error on
-        # the power-law Gaussian at iPNDM 15 NFE).  Restart while a run gains more than 1%.
-        for _ in range(LBFGS_RUNS):
-            before = best_loss
-            theta = _to_params(best, floor)
-            scale = None
-            opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, history_size=20,
-                                    line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
-            try:
-                opt.step(closure)
-            except FloatingPointError:  # an invalid or non-finite trial point: keep the best one evaluated
-                log.info("fit %s (lbfgs): stopped at an invalid trial schedule", solver)
-            if not best_loss < (1 - 1e-2) * before:
-                break
+        opt = torch.optim.LBFGS([u], lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-12, tolerance_change=1e-14)
+        try:
+            opt.step(closure)
+        except FloatingPointError:  # an invalid or non-finite trial point: keep the best one evaluated
+            log.info("fit %s (lbfgs): stopped at an invalid trial schedule", solver)
+
+    # One L-BFGS run can stall far above the minimum (a curvature history from far away, or an invalid
+    # trial point): restarted from its best point with a fresh history, it goes on (2.4x lower error on
+    # the power-law Gaussian at iPNDM 15 NFE).  Restart while a run gains more than 1%.
+    for _ in range(LBFGS_RUNS):
+        before = best_loss
+        lbfgs(_to_params(best, floor), lambda theta: theta)
+        if not best_loss < (1 - 1e-2) * before:
+            break
+    # Where the error is ill-conditioned, plain L-BFGS creeps; in whitened coordinates every direction has
+    # unit curvature at the start.  Eigenvalues are floored (in magnitude: the Hessian can be indefinite
+    # there) at 1e-12 of the largest.
+    for _ in range(whitened_rounds):
+        before = best_loss
+        theta_0 = _to_params(best, floor).detach()
+        h = hessian(lambda theta: loss_of(theta) / max(before, 1e-300), theta_0)
+        if not torch.isfinite(h).all():
+            log.info("fit %s (lbfgs): non-finite Hessian, no whitened round", solver)
+            break
+        e, v = torch.linalg.eigh(h)
+        e = e.abs().clamp_min(float(e.abs().max()) * 1e-12)
+        basis = v * e.rsqrt()
+        lbfgs(torch.zeros_like(theta_0, requires_grad=True), lambda u: theta_0 + basis @ u)
+        if not best_loss < (1 - 1e-2) * before:
+            break
     return validate_sigmas(best)
 
 

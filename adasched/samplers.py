@@ -143,7 +143,7 @@ def sample_edm_stochastic(denoise, x, sigmas, *, generator=None, callback=None, 
     n = len(s) - 1
     round_sigma = getattr(denoise, "round_sigma", None)
     for i in range(n):
-        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= float(s[i]) <= S_max else 0.0
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= float(s[i].detach()) <= S_max else 0.0
         sigma_hat = s[i] * (1 + gamma)
         if gamma > 0:
             if round_sigma is not None:
