@@ -44,8 +44,11 @@ def _from_params(theta: torch.Tensor, sigma_max: float, floor: float) -> torch.T
 
 
 def _to_params(sigmas: torch.Tensor, floor: float) -> torch.Tensor:
-    """The inverse of :func:`_from_params`: log-gap parameters (a leaf requiring grad) of a valid schedule."""
-    log_s = torch.log(sigmas[1:-1] - floor)
+    """The inverse of :func:`_from_params`: log-gap parameters (a leaf requiring grad) of a valid schedule.
+
+    A last positive level at the floor itself (where a fit's ``floor + exp(log_s)`` rounds to it) maps to a
+    level a relative 1e-12 above the floor."""
+    log_s = torch.log((sigmas[1:-1] - floor).clamp_min(floor * 1e-12))
     prev = torch.cat([sigmas.new_tensor([math.log(float(sigmas[0]))]), log_s[:-1]])
     gaps = (prev - log_s).clamp_min(1e-8)
     return torch.log(torch.expm1(gaps)).clone().requires_grad_(True)
@@ -106,8 +109,8 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
         return s0
     sigma_max = float(s0[0])
     floor = float(sigma_floor)
-    if not float(s0[-2]) > floor:
-        raise AdaschedError(f"initial schedule's last positive sigma {float(s0[-2]):g} is not above the floor {floor:g}")
+    if float(s0[-2]) < floor:
+        raise AdaschedError(f"initial schedule's last positive sigma {float(s0[-2]):g} is below the floor {floor:g}")
     x_start = x_start.detach()
     target = target.detach()
     best, best_loss = s0, math.inf

@@ -39,6 +39,17 @@ def test_fit_schedule_finds_the_euler_optimum_of_a_gaussian(optimizer):
     assert (_euler_gain(3.0, s0, var) - exact_gain) ** 2 > 1.5 * best.fun  # the start was not already there
 
 
+def test_fit_schedule_starts_from_a_fit_pinned_at_the_floor_and_refuses_one_below_it():
+    """A fit that drove its last level to the floor (``floor + exp(log_s)`` rounds to it) is a valid start."""
+    g = GaussianMixture([1.0], [[0.0]], [[1.0]])
+    x = latents(range(8), (1,)).double() * 5.0
+    at_floor = torch.tensor([5.0, 1.0, 1e-4, 0.0], dtype=F64)
+    fitted = fit_schedule(g, "euler", at_floor, x, x * 0.2, iterations=20, optimizer="lbfgs")
+    assert fitted.numel() == 4 and float(fitted[-2]) >= 1e-4
+    with pytest.raises(AdaschedError, match="last positive sigma 5e-05 is below the floor 0.0001"):
+        fit_schedule(g, "euler", torch.tensor([5.0, 1.0, 5e-5, 0.0], dtype=F64), x, x * 0.2, optimizer="lbfgs")
+
+
 def test_fit_schedule_names_the_valid_optimizers():
     with pytest.raises(AdaschedError, match="unknown optimizer 'sgd'; valid: adam, lbfgs"):
         fit_schedule(None, "euler", sigmas_edm(4), torch.zeros(1, 1), torch.zeros(1, 1), optimizer="sgd")
