@@ -65,7 +65,8 @@ LBFGS_RUNS = 5
 #: At most this many rounds of L-BFGS in Hessian-whitened coordinates after the plain runs
 #: (:func:`fit_schedule`).  The fit error is very ill-conditioned in the log-gaps (exact Hessian condition
 #: 1e8 to 1e11 on the power-law Gaussian at 15 to 20 NFE), where plain L-BFGS stops 1.9x to 3x above the
-#: oracle and whitened rounds reach it (benchmarks/whitened_polish.py, docs/benchmarks.md).
+#: oracle; whitened rounds reach it (docs/benchmarks.md).  Each round costs ``p`` Hessian-vector products
+#: through the whole solve (``p`` the number of free levels) before its L-BFGS run.
 WHITENED_ROUNDS = 5
 
 
