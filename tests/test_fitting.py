@@ -202,7 +202,8 @@ def test_hessian_of_the_fit_error_matches_finite_differences_of_its_gradient(sol
     theta = _to_params(sigmas_edm(5), 1e-4).detach()
     h = hessian(loss_of, theta)
     eps = 1e-5
-    fd = torch.stack([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in torch.eye(len(theta), dtype=F64)])
+    basis = torch.eye(len(theta), dtype=F64)
+    fd = torch.stack([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in basis])
     torch.testing.assert_close(h, (fd + fd.T) / 2, rtol=1e-5, atol=1e-7 * float(h.abs().max()))
     assert float(h.abs().max()) > 0
 
