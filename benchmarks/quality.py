@@ -153,12 +153,29 @@ def write_csv(rows: list[dict], out: Path) -> None:
     tmp.replace(out)
 
 
-def merge(paths: list[str]) -> None:
-    """Print the tables and summaries of CSVs written by runs over separate cells (``--cells``)."""
+def read_rows(paths: list[str]) -> list[dict]:
+    """The rows of CSVs written by :func:`write_csv`, in file order (in :func:`by_cell` a later file's cell
+    replaces an earlier one's)."""
     rows = []
     for p in paths:
         with open(p, newline="") as f:
             rows += csv.DictReader(f)
+    return rows
+
+
+def schedule_row(name: str, solver: str, nfe: int, schedule: str, sigmas: torch.Tensor, target, start, heldout) -> dict:
+    """One CSV row: the schedule's RMSE from the evaluation ``start = (x, exact)``, from the held-out ones
+    (``heldout``, or ``None``: left empty) and its sigmas at full precision."""
+    fn = SOLVERS[solver].fn
+    return {"target": name, "solver": solver, "nfe": nfe, "schedule": schedule,
+            "rmse": rmse(fn(target, start[0], sigmas), start[1]),
+            "rmse_heldout": rmse(fn(target, heldout[0], sigmas), heldout[1]) if heldout else "",
+            "sigmas": " ".join(map(repr, sigmas.tolist()))}
+
+
+def merge(paths: list[str]) -> None:
+    """Print the tables and summaries of CSVs written by runs over separate cells (``--cells``)."""
+    rows = read_rows(paths)
     for name in dict.fromkeys(r["target"] for r in rows):
         cells = by_cell(rows, name)
         print(f"\n## {name}\n\n" + header(all(c[RECOMMENDED]["rmse_heldout"] != "" for c in cells.values())))
@@ -208,11 +225,9 @@ def main():
         print(f"\n## {name} (probes and reference {time.time() - t0:.0f} s; evaluation seeds {seeds[0]}..{seeds[-1]}, "
               f"fit seeds {fit_seeds[0]}..{fit_seeds[-1]})")
         x, exact = start_points(target, seeds)
-        if args.heldout:
-            x_h, exact_h = start_points(target, range(5000, 5000 + args.heldout))
+        heldout = start_points(target, range(5000, 5000 + args.heldout)) if args.heldout else None
         print(header(bool(args.heldout)))
         for solver, nfe in todo:
-            fn = SOLVERS[solver].fn
             steps = steps_for_nfe(solver, nfe)
             sched = unfitted_schedules(co, po, steps)
             # Fitted to the model's own extrapolated Heun solves on the fit seeds, never to the exact solution.
@@ -223,12 +238,7 @@ def main():
             sched["oracle"] = oracle_schedule(target, solver, steps, seeds, init_sigmas=sched[RECOMMENDED],
                                               candidates=list(sched.values()), exact=exact, starts=1,
                                               iterations=args.iterations)
-            cell = {}
-            for k in SCHEDULES:
-                cell[k] = {"target": name, "solver": solver, "nfe": nfe, "schedule": k,
-                           "rmse": rmse(fn(target, x, sched[k]), exact),
-                           "rmse_heldout": rmse(fn(target, x_h, sched[k]), exact_h) if args.heldout else "",
-                           "sigmas": " ".join(map(repr, sched[k].tolist()))}
+            cell = {k: schedule_row(name, solver, nfe, k, sched[k], target, (x, exact), heldout) for k in SCHEDULES}
             rows += cell.values()
             write_csv(rows, out)
             print(row_line(solver, nfe, cell), flush=True)

@@ -16,7 +16,6 @@ the fit errors before and after and the seconds.  Seconds are CPU time on one th
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import sys
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import SEEDS, SCHEDULES, by_cell, make_targets, row_line, start_points, summary, write_csv  # noqa: E402
+from quality import (SEEDS, SCHEDULES, by_cell, make_targets, read_rows, row_line, schedule_row,  # noqa: E402
+                     start_points, summary, write_csv)
 
 from adasched.fitting import fit_schedule, reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
@@ -43,11 +43,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     name = args.target
-    rows = []
-    for path in args.csv:
-        with open(path, newline="") as f:
-            rows += csv.DictReader(f)
-    cells = by_cell(rows, name)
+    cells = by_cell(read_rows(args.csv), name)
     there = {f"{solver}:{nfe}": (solver, nfe) for solver, nfe in cells}
     missing = [c for c in args.cells or [] if c not in there]
     if missing:
@@ -56,8 +52,7 @@ def main():
     n_eval, n_fit = SEEDS[name]
     t0 = time.time()
     x, exact = start_points(target, range(1000, 1000 + n_eval))
-    if args.heldout:
-        x_h, exact_h = start_points(target, range(5000, 5000 + args.heldout))
+    heldout = start_points(target, range(5000, 5000 + args.heldout)) if args.heldout else None
     x_fit = latents(list(range(n_fit)), target.shape).double() * 80.0
     fit_ref = reference_solution(target, x_fit, 80.0)
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, torch {torch.__version__}, {' '.join(args.csv)}, "
@@ -78,13 +73,8 @@ def main():
         t = time.process_time()
         new["oracle"] = fit_schedule(target, solver, start, x, exact, optimizer="lbfgs", iterations=args.iterations)
         secs_or = time.process_time() - t
-        cell = {}
-        for k in SCHEDULES:
-            keep = k not in ("solver-aware", "oracle")
-            cell[k] = dict(cells[(solver, nfe)][k]) if keep else {
-                "target": name, "solver": solver, "nfe": nfe, "schedule": k, "rmse": rmse(fn(target, x, new[k]), exact),
-                "rmse_heldout": rmse(fn(target, x_h, new[k]), exact_h) if args.heldout else "",
-                "sigmas": " ".join(map(repr, new[k].tolist()))}
+        cell = {k: schedule_row(name, solver, nfe, k, new[k], target, (x, exact), heldout)
+                if k in ("solver-aware", "oracle") else dict(cells[(solver, nfe)][k]) for k in SCHEDULES}
         out_rows += cell.values()
         write_csv(out_rows, Path(args.out))
         before = {k: float(cells[(solver, nfe)][k]["rmse"]) for k in ("solver-aware", "oracle")}
