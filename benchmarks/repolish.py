@@ -37,7 +37,9 @@ def main():
     ap.add_argument("--target", required=True, choices=list(SEEDS))
     ap.add_argument("--csv", nargs="+", required=True, help="quality.py CSVs (a later file's cell replaces an earlier one's)")
     ap.add_argument("--cells", nargs="+", default=None, help="only these SOLVER:NFE cells (default: all in the CSVs)")
-    ap.add_argument("--heldout", type=int, default=0, help="also score on this many held-out latents (seeds 5000..)")
+    ap.add_argument("--heldout", type=int, default=0,
+                    help="also score on this many held-out latents (seeds 5000..): the table's own number, or its "
+                         "held-out summary compares rows scored on different latents")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
