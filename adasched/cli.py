@@ -12,6 +12,7 @@ import logging
 import sys
 
 from adasched.errors import AdaschedError
+from adasched.io import check_output
 
 log = logging.getLogger("adasched")
 
@@ -412,10 +413,7 @@ def cmd_train(args) -> None:
 
     if args.schedule_out and not args.online_schedule:
         raise AdaschedError("--schedule-out needs --online-schedule (there is no learned schedule otherwise)")
-    outputs = [f for f in (args.output, args.checkpoint, args.schedule_out, args.grid) if f]
-    for f in outputs:
-        if os.path.isdir(f):
-            raise AdaschedError(f"output {f} is a directory; give a file name")
+    outputs = output_files(args)
     if len({os.path.abspath(f) for f in outputs}) < len(outputs):
         raise AdaschedError("-o, --checkpoint, --schedule-out and --grid must be different files")
     if args.threads:
@@ -455,6 +453,12 @@ def cli_argv(command: str, options: dict) -> list[str]:
     return argv
 
 
+def output_files(args) -> list[str]:
+    """The files ``adasched COMMAND`` will write (``train`` also writes a checkpoint, a schedule and a grid)."""
+    names = ("output", "checkpoint", "schedule_out", "grid") if args.command == "train" else ("output",)
+    return [str(getattr(args, n)) for n in names if getattr(args, n, None)]
+
+
 def exit_status(command: str, work) -> int:
     """Run ``work()`` for ``adasched COMMAND``: 0; or one line on stderr and 1 for an :class:`AdaschedError`,
     130 for an interruption (no traceback either way)."""
@@ -474,7 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="adasched: %(message)s")
-    return exit_status(args.command, lambda: COMMANDS[args.command](args))
+
+    def work():
+        for f in output_files(args):  # before any work: a long run must not fail at its last line
+            check_output(f)
+        COMMANDS[args.command](args)
+
+    return exit_status(args.command, work)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "read_json", "save_npz", "provenance", "sha256_file", "log_records_to"]
+__all__ = ["atomic_path", "check_output", "write_json", "read_json", "save_npz", "provenance", "sha256_file", "log_records_to"]
 
 
 def _read_umask() -> int:
@@ -35,10 +35,16 @@ _UMASK = _read_umask()
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
+    from adasched.errors import AdaschedError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix + ".tmp",
-                               dir=path.parent)
+    check_output(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix + ".tmp",
+                                   dir=path.parent)
+    except OSError as e:
+        raise AdaschedError(f"cannot write {path}: {e.strerror}") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -49,6 +55,23 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse an output path that cannot be written -- a directory, or a name under a file -- with one
+    :class:`~adasched.errors.AdaschedError` line; the CLI checks its outputs so before any work."""
+    from adasched.errors import AdaschedError
+
+    path = Path(path)
+    if path.is_dir():
+        raise AdaschedError(f"output {path} is a directory; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise AdaschedError(f"output {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AdaschedError(f"output {path}: no permission to write in {folder}")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

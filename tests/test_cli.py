@@ -230,3 +230,33 @@ def test_probed_method_bad_inputs(tmp_path, capsys, mixture):
         rc, err = run(argv, capsys)
         assert rc != 0 and len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+@pytest.mark.parametrize("command", ["schedule", "sample", "evaluate", "probe", "train"])
+def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, mixture, command, where):
+    """An output that cannot be written is refused up front, in one line, with nothing written."""
+    good = tmp_path / "good.json"
+    Schedule(sigmas_edm(5), method="edm", solver="euler", nfe=5).save(good)
+    samples = tmp_path / "s.npz"
+    assert main(["sample", "--solver", "euler", "--num", "3", "--model", f"gmm:{mixture}", "--schedule", str(good),
+                 "-o", str(samples)]) == 0
+    argv = {"schedule": ["schedule", "--method", "edm", "--solver", "euler", "--nfe", "5"],
+            "sample": ["sample", "--solver", "euler", "--num", "3", "--model", f"gmm:{mixture}", "--schedule", good],
+            "evaluate": ["evaluate", "--samples", samples, "--model", f"gmm:{mixture}"],
+            "probe": ["probe", "--model", f"gmm:{mixture}", "--grid", "4", "--samples", "8"],
+            "train": ["train", "--data", "digits", "--steps", "1"]}[command]
+    blocker = tmp_path / "blocker"
+    if where == "a folder":
+        blocker.mkdir()
+        out = blocker
+    else:
+        blocker.write_text("a file")
+        out = blocker / "sub" / "o.out"
+    before = set(tmp_path.rglob("*"))
+    rc, err = run(argv + ["-o", out], capsys)
+    assert rc == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0], err
+    assert ("is a directory" if where == "a folder" else "is a file, not a folder") in lines[0]
+    assert set(tmp_path.rglob("*")) == before
