@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[common], epilog=EXAMPLES["probe"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model SPEC")
     p.add_argument("--data", default=None, help="data SPEC: target (default for analytic models), npz:PATH[:KEY], "
-                                                "digits, model")
+                                                "digits, images:PATH, cifar10[:train|test], model[:POOL] (default "
+                                                "for networks: a pool of POOL, default 1024, of the model's own "
+                                                "255-NFE samples)")
     p.add_argument("--grid", required=True, type=_positive_int, help="number of probe intervals K (K+1 sigmas)")
     p.add_argument("--spacing", default="log", choices=["log", "edm"], help="probe grid spacing (default log)")
     p.add_argument("--samples", required=True, type=_positive_int, help="samples to add per interval")
@@ -346,29 +348,42 @@ def cmd_sample(args) -> None:
                        dtype=getattr(torch, args.dtype),
                        progress=lambda k: log.info("sampled %d/%d", k, len(seeds)), **opts)
     save_npz(args.output, samples=out["samples"].numpy(), latents=out["latents"].numpy(),
+             **({"labels": out["labels"].numpy()} if "labels" in out else {}),
              seeds=np.asarray(seeds, dtype=np.int64), sigmas=schedule.sigmas.numpy(), nfe=np.int64(out["nfe"]),
              solver=args.solver, method=schedule.method,
              provenance=json.dumps(provenance(command="sample", model=args.model, schedule=schedule.to_json(),
                                               solver_options=opts, device=str(device))))
 
 
-def cmd_probe(args) -> None:
+def probe_inputs(args) -> tuple:
+    """``(model, data sampler, probe sigmas, keyword arguments of adasched.probe.probe)`` for ``adasched probe``
+    options (also the resuming probe job's, :class:`adasched.dispatch.ProbeJob`).  An analytic model is fed
+    float64 and by default probed on its own exact samples; a network float32, on its own samples' pool."""
     import torch
 
     from adasched.data import load_data_sampler
     from adasched.models import load_model
-    from adasched.probe import probe, probe_grid
+    from adasched.probe import probe_grid
 
     device = resolve_device(args.device)
     model = load_model(args.model, device=device, trust=args.trust_pickle)
     analytic = callable(getattr(model, "sample", None))
-    sampler = load_data_sampler(args.data or ("target" if analytic else "model"), model)
+    dtype = torch.float64 if analytic else torch.float32
+    sampler = load_data_sampler(args.data or ("target" if analytic else "model"), model, device=device, dtype=dtype)
     grid = probe_grid(args.grid, args.sigma_min, args.sigma_max, spacing=args.spacing)
-    probe(model, sampler, grid, args.samples, args.output, seed=args.seed, batch=args.batch,
-          weighting=args.weighting, cost=args.cost, hutchinson=args.hutchinson,
-          meta={"model": args.model, "model_sha256": getattr(model, "sha256", "") or "", "data": sampler.description},
-          dtype=torch.float64 if analytic else torch.float32, device=device,
-          callback=lambda done, todo: log.info("probed %d/%d samples per interval", done, todo))
+    options = dict(seed=args.seed, batch=args.batch, weighting=args.weighting, cost=args.cost,
+                   hutchinson=args.hutchinson, dtype=dtype, device=device,
+                   meta={"model": args.model, "model_sha256": getattr(model, "sha256", "") or "",
+                         "data": sampler.description})
+    return model, sampler, grid, options
+
+
+def cmd_probe(args) -> None:
+    from adasched.probe import probe
+
+    model, sampler, grid, options = probe_inputs(args)
+    probe(model, sampler, grid, args.samples, args.output,
+          callback=lambda done, todo: log.info("probed %d/%d samples per interval", done, todo), **options)
 
 
 def cmd_evaluate(args) -> None:

@@ -18,12 +18,14 @@
                            0..9) through torchvision, downloaded into ``ROOT/cifar10`` on first
                            use (``ROOT``: ``root=``, else ``$ADASCHED_DATA_DIR``, else
                            ``resources/data``)
-``model``                  the model's own samples: Heun on EDM's rho = 7 schedule, 128 steps,
-                           one seed per sample (costly: for models with no data at hand)
+``model[:POOL]``            the model's own samples, for models with no data at hand: a pool of
+                           ``POOL`` (default 1024) drawn once per run by Heun on EDM's rho = 7
+                           schedule, 128 steps (255 NFE each), seeds 0..POOL-1, a conditional
+                           model's classes drawn per seed; then sampled like a dataset
 =========================  ==================================================================
 
 Each SPEC gives a data sampler ``seeds -> x0`` that is deterministic per seed
-(:mod:`adasched.probe`).  Samplers over a dataset (every kind but ``target`` and ``model``) are
+(:mod:`adasched.probe`).  Samplers over a dataset (every kind but ``target``; ``model`` is one over its pool) are
 :class:`LabelledSampler` objects: ``sampler.labels(seeds)`` gives the class labels ``[len(seeds)]``
 (int64) of exactly the rows ``sampler(seeds)`` returns, or ``None`` when the source has none;
 :func:`sample_labels` asks any sampler.  A class-conditional model is then called as
@@ -57,7 +59,7 @@ __all__ = ["load_data_sampler", "load_dataset", "Dataset", "LabelledSampler", "s
 
 logger = logging.getLogger(__name__)
 
-DATA_KINDS = ("target", "npz:PATH[:KEY]", "digits", "images:PATH", "cifar10[:train|test]", "model")
+DATA_KINDS = ("target", "npz:PATH[:KEY]", "digits", "images:PATH", "cifar10[:train|test]", "model[:POOL]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _GREY_MODES = ("1", "L", "LA")
 _COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
@@ -339,29 +341,60 @@ def load_dataset(spec: str, *, root: str | os.PathLike | None = None, download: 
     raise DataError(f"unknown dataset SPEC {spec!r}; valid: {valid}")
 
 
-class ModelSampler:
-    """Data sampler from the model's own high-NFE samples (row ``j`` from a generator seeded ``seeds[j]``)."""
+#: Model samples drawn for ``--data model`` when no pool size is given: 1024 x 255 NFE, once per run, where
+#: a fresh sample per probe draw cost 255 NFE per sample and interval (4096 samples, 1M NFE, for a 64 x 64
+#: probe); the pool's own Monte-Carlo error is that of a 1024-image dataset.
+MODEL_POOL = 1024
 
-    def __init__(self, denoise, shape, steps: int = 128, description: str = "model"):
-        self.denoise, self.shape, self.steps, self.description = denoise, tuple(shape), steps, description
+
+class ModelSampler:
+    """Data sampler over a pool of the model's own samples: a :class:`LabelledSampler` over them.
+
+    The pool -- ``pool`` samples of seeds ``0 .. pool - 1``, Heun on EDM's rho = 7 schedule with ``steps``
+    steps (:func:`adasched.samplers.generate`, which also draws a conditional model's class per seed) -- is
+    drawn at the first call, on ``device`` in ``dtype``; row ``j`` of a draw is then pool row
+    ``h(seeds[j]) mod pool`` and :meth:`labels` its class.
+    """
+
+    def __init__(self, denoise, shape, *, pool: int = MODEL_POOL, steps: int = 128, batch: int = 256,
+                 device="cpu", dtype=torch.float64):
+        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+            raise DataError(f"model sample pool must be a positive integer, got {pool!r}")
+        self.denoise, self.shape, self.pool, self.steps = denoise, tuple(shape), pool, steps
+        self.batch, self.device, self.dtype = batch, device, dtype
+        self.description = f"model:{pool}"
+        self._sampler = None
+
+    def pooled(self) -> LabelledSampler:
+        """The sampler over the pool, drawing the pool at the first call."""
+        if self._sampler is None:
+            from adasched.samplers import generate
+            from adasched.schedules import sigmas_edm
+
+            lo = max(float(getattr(self.denoise, "sigma_min", 0.002)), 0.002)
+            hi = min(float(getattr(self.denoise, "sigma_max", 80.0)), 80.0)
+            logger.info("drawing the model's sample pool: %d samples, %d NFE each", self.pool, 2 * self.steps - 1)
+            with torch.no_grad():
+                out = generate(self.denoise, sigmas_edm(self.steps, lo, hi), "heun", range(self.pool), self.shape,
+                               batch=self.batch, device=self.device, dtype=self.dtype)
+            self._sampler = LabelledSampler(out["samples"].to(torch.float64), out.get("labels"),
+                                            description=self.description,
+                                            num_classes=int(getattr(self.denoise, "label_dim", 0) or 0) or None)
+        return self._sampler
 
     def __call__(self, seeds):
-        from adasched.samplers import generate
-        from adasched.schedules import sigmas_edm
+        return self.pooled()(seeds)
 
-        lo = max(float(getattr(self.denoise, "sigma_min", 0.002)), 0.002)
-        hi = min(float(getattr(self.denoise, "sigma_max", 80.0)), 80.0)
-        with torch.no_grad():
-            out = generate(self.denoise, sigmas_edm(self.steps, lo, hi), "heun", list(seeds), self.shape,
-                           batch=max(1, len(seeds)))
-        return out["samples"].to(torch.float64)
+    def labels(self, seeds):
+        return self.pooled().labels(seeds)
 
 
-def load_data_sampler(spec: str, model, *, root: str | os.PathLike | None = None, download: bool = True):
+def load_data_sampler(spec: str, model, *, root: str | os.PathLike | None = None, download: bool = True,
+                      device="cpu", dtype=torch.float64):
     """The data sampler named by ``spec`` for ``model`` (see the module docstring).
 
     ``root`` and ``download`` apply to ``cifar10`` (the data folder, and whether a missing dataset
-    may be downloaded).
+    may be downloaded); ``device`` and ``dtype`` to ``model`` (where and how its pool is drawn).
     """
     from adasched.probe import target_sampler
 
@@ -370,8 +403,11 @@ def load_data_sampler(spec: str, model, *, root: str | os.PathLike | None = None
             raise DataError("--data target needs an analytic model (gmm:, powerlaw:); "
                             f"give one of: {', '.join(DATA_KINDS)}")
         return target_sampler(model, description="target")
-    if spec == "model":
-        return ModelSampler(model, model.shape)
+    if spec == "model" or spec.startswith("model:"):
+        pool = spec.partition(":")[2]
+        if pool and not pool.isdigit():
+            raise DataError(f"data SPEC {spec!r}: the pool size must be a positive integer (model:POOL)")
+        return ModelSampler(model, model.shape, pool=int(pool or MODEL_POOL), device=device, dtype=dtype)
     if spec == "digits" or spec.startswith(("npz:", "images:", "cifar10:")) or spec == "cifar10":
         return load_dataset(spec, root=root, download=download).sampler()
     raise DataError(f"unknown data SPEC {spec!r}; valid: {', '.join(DATA_KINDS)}")

@@ -855,29 +855,16 @@ class ProbeJob(_Job):
     command = "probe"
 
     def run(self) -> None:
-        import torch
-
-        from adasched.cli import resolve_device
-        from adasched.data import load_data_sampler
-        from adasched.models import load_model
-        from adasched.probe import probe, probe_grid, read_probes
+        from adasched.cli import probe_inputs
+        from adasched.probe import probe, read_probes
 
         args = _parse("probe", self.options)
         work = self._partial()
         h5 = work / "probes.h5"
         if h5.exists():
             log.info("probe: resuming %s at %d samples per interval", h5, read_probes(h5).samples)
-        device = resolve_device(args.device)
-        model = load_model(args.model, device=device, trust=args.trust_pickle)
-        analytic = callable(getattr(model, "sample", None))
-        sampler = load_data_sampler(args.data or ("target" if analytic else "model"), model)
-        grid = probe_grid(args.grid, args.sigma_min, args.sigma_max, spacing=args.spacing)
-        probe(model, sampler, grid, None, h5, total_samples=args.samples, seed=args.seed, batch=args.batch,
-              weighting=args.weighting, cost=args.cost, hutchinson=args.hutchinson,
-              meta={"model": args.model, "model_sha256": getattr(model, "sha256", "") or "",
-                    "data": sampler.description},
-              dtype=torch.float64 if analytic else torch.float32, device=device,
-              callback=self.on_batch)
+        model, sampler, grid, options = probe_inputs(args)
+        probe(model, sampler, grid, None, h5, total_samples=args.samples, callback=self.on_batch, **options)
         _move_into_place(h5, self.output)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -919,12 +906,15 @@ class SampleJob(_Job):
                 out = generate(model, schedule.sigmas, args.solver, chunks[k], model.shape, batch=args.batch,
                                device=device, dtype=getattr(torch, args.dtype), **opts)
             save_npz(work / f"batch-{k:06d}.npz", samples=out["samples"].numpy(), latents=out["latents"].numpy(),
-                     seeds=np.asarray(chunks[k], dtype=np.int64))
+                     seeds=np.asarray(chunks[k], dtype=np.int64),
+                     **({"labels": out["labels"].numpy()} if "labels" in out else {}))
             self.on_batch(k + 1, len(chunks))
         parts = [np.load(work / f"batch-{k:06d}.npz") for k in range(len(chunks))]
         nfe = get_solver(args.solver).nfe(len(schedule.sigmas) - 1, **opts)
+        labels = {"labels": np.concatenate([p["labels"] for p in parts])} if "labels" in parts[0].files else {}
         save_npz(self.output, samples=np.concatenate([p["samples"] for p in parts]),
-                 latents=np.concatenate([p["latents"] for p in parts]), seeds=np.asarray(seeds, dtype=np.int64),
+                 latents=np.concatenate([p["latents"] for p in parts]), **labels,
+                 seeds=np.asarray(seeds, dtype=np.int64),
                  sigmas=schedule.sigmas.numpy(), nfe=np.int64(nfe), solver=args.solver, method=schedule.method,
                  provenance=json.dumps(provenance(command="sample", model=args.model, schedule=schedule.to_json(),
                                                   solver_options=opts, device=str(device))))
@@ -1065,8 +1055,9 @@ def sample_in_shards(d: Dispatcher, job: "SampleJob", shards: int) -> str:
             with np.load(p) as z:
                 loaded.append({key: z[key] for key in z.files})
         arrays = dict(loaded[0])
-        for key in ("samples", "latents", "seeds"):
-            arrays[key] = np.concatenate([z[key] for z in loaded])
+        for key in ("samples", "latents", "labels", "seeds"):
+            if key in arrays:
+                arrays[key] = np.concatenate([z[key] for z in loaded])
         for key in ("sigmas", "nfe", "solver", "method"):
             if any(not np.array_equal(z[key], arrays[key]) for z in loaded[1:]):
                 raise AdaschedError(f"sample shards of {job.output} disagree on {key}")

@@ -58,6 +58,11 @@ class PerSampleGenerator:
         rows = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in self.generators]
         return torch.stack(rows).to(device=device, dtype=dtype)
 
+    def randint(self, high: int) -> torch.Tensor:
+        """A ``[len(seeds)]`` int64 draw, uniform on ``0 .. high - 1``, one value per generator."""
+        return torch.cat([torch.randint(high, (1,), generator=g) for g in self.generators]) if self.generators \
+            else torch.empty(0, dtype=torch.int64)
+
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.generators):
             raise SolverError(f"generator has {len(self.generators)} seeds but the batch has {x.shape[0]} rows")
@@ -305,11 +310,13 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     """Draw one sample per seed with common random numbers; return samples, latents and the counted NFE.
 
     Sample ``i`` uses one CPU generator seeded ``seeds[i]``: first its unit-variance latent (float32,
-    so the start point is ``latents * sigmas[0]``), then any noise a stochastic solver needs.  Results
-    therefore do not depend on ``batch`` or ``device``.  ``progress(n_done)`` is called after each batch.
+    so the start point is ``latents * sigmas[0]``); for a class-conditional model (``label_dim > 0``) with
+    no labels bound, then its class, uniform on ``0 .. label_dim - 1`` (EDM's random labels); then any
+    noise a stochastic solver needs.  Results therefore do not depend on ``batch`` or ``device``.
+    ``progress(n_done)`` is called after each batch.
 
     Returns a dict with ``samples`` and ``latents`` (float32 CPU, ``[len(seeds), *shape]``), ``nfe``
-    (evaluations per sample, counted) and ``seeds``.
+    (evaluations per sample, counted), ``seeds``, and for drawn classes ``labels`` (int64 ``[len(seeds)]``).
     """
     from adasched.denoisers import CountingDenoiser
 
@@ -321,21 +328,30 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     if batch < 1:
         raise SolverError(f"batch must be a positive integer, got {batch!r}")
     s = validate_sigmas(sigmas)
-    counting = CountingDenoiser(denoise)
-    samples, lat = [], []
+    label_dim = int(getattr(denoise, "label_dim", 0) or 0)
+    draw_labels = label_dim > 0 and getattr(denoise, "class_labels", None) is None
+    samples, lat, labels = [], [], []
+    evaluations = 0
     seeds = [int(v) for v in seeds]
     for start in range(0, len(seeds), batch):
         chunk = seeds[start:start + batch]
         gen = PerSampleGenerator(chunk)
         z = gen.randn(shape)
+        if draw_labels:
+            labels.append(gen.randint(label_dim))
+        counting = CountingDenoiser(denoise.with_labels(labels[-1]) if draw_labels else denoise)
         x = z.to(device=device, dtype=dtype) * s[0].to(dtype)
         out = spec.fn(counting, x, s, generator=gen if spec.stochastic else None, **options)
+        evaluations += counting.evaluations
         samples.append(out.detach().to("cpu", torch.float32))
         lat.append(z)
         if progress is not None:
             progress(start + len(chunk))
-    nfe = counting.evaluations // max(1, len(seeds))
+    nfe = evaluations // max(1, len(seeds))
     expected = spec.nfe(len(s) - 1, **options)
     assert not seeds or nfe == expected, f"{solver}: counted NFE {nfe} != formula {expected}"
-    return {"samples": torch.cat(samples) if samples else torch.empty(0, *shape),
-            "latents": torch.cat(lat) if lat else torch.empty(0, *shape), "nfe": expected, "seeds": seeds}
+    result = {"samples": torch.cat(samples) if samples else torch.empty(0, *shape),
+              "latents": torch.cat(lat) if lat else torch.empty(0, *shape), "nfe": expected, "seeds": seeds}
+    if draw_labels:
+        result["labels"] = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
+    return result

@@ -232,3 +232,47 @@ def test_cifar10_layout_and_labels(tmp_path, monkeypatch):
     assert s.description == "cifar10:train" and seen[-1][1] is True
     assert s(SEEDS).dtype == torch.float64 and s(SEEDS).abs().max() <= 1
     assert torch.equal(s.labels(SEEDS), torch.from_numpy(s.indices(SEEDS)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model's own samples
+
+
+def test_model_pool_is_drawn_once_and_sampled_like_a_dataset():
+    from conditional_gaussians import ConditionalGaussians
+
+    from adasched.samplers import generate
+    from adasched.schedules import sigmas_edm
+
+    model = ConditionalGaussians([[-20.0, 0.0], [0.0, 20.0], [20.0, 0.0]], c=0.5)
+    sampler = load_data_sampler("model:16", model)
+    assert sampler.description == "model:16" and model.evaluations == 0  # drawn at the first call
+    x, y = sampler(SEEDS), sampler.labels(SEEDS)
+    assert model.evaluations == 16 * 255
+    sampler(SEEDS[:5]), sampler.labels(SEEDS)
+    assert model.evaluations == 16 * 255
+    pool = generate(model, sigmas_edm(128, 0.002, 80.0), "heun", range(16), model.shape)
+    rows = torch.from_numpy(dataset_sampler(torch.zeros(16, 1)).indices(SEEDS))
+    assert torch.allclose(x, pool["samples"][rows].double()) and torch.equal(y, pool["labels"][rows])
+    assert torch.equal(torch.cdist(x, model.means).argmin(1), y)
+    assert load_data_sampler("model", model).pool == 1024
+    for bad in ("model:x", "model:0", "model:-3"):
+        with pytest.raises(DataError, match="pool"):
+            load_data_sampler(bad, model)
+
+
+def test_probe_of_a_conditional_model_on_its_own_samples_has_the_exact_cost(tmp_path):
+    """Each pool row is probed with its own class bound: then every class is an isotropic Gaussian and the
+    cost is the closed form of paper.md §6.2; with another class bound it would be far larger."""
+    from conditional_gaussians import ConditionalGaussians
+    from test_optimize import gaussian_iso_cost
+
+    from adasched.probe import probe
+
+    model = ConditionalGaussians([[-3.0, 0.0, 1.0], [0.0, 3.0, -1.0], [3.0, 0.0, 0.0]], c=0.5)
+    sigmas = [0.2, 0.3, 1.0, 1.5]
+    r = probe(model, load_data_sampler("model:512", model), sigmas, 2000, tmp_path / "p.h5", batch=1000,
+              dtype=torch.float64)
+    exact = np.array([gaussian_iso_cost(lo, hi, 3, 0.5) for lo, hi in zip(sigmas[:-1], sigmas[1:])])
+    assert r.data == "model:512"
+    assert np.all(np.abs(r.mean - exact) < 5 * r.stderr + 0.02 * exact)

@@ -543,3 +543,27 @@ def test_sweep_is_one_array_with_the_configured_parallelism(slurm_cluster, input
     d.map(dispatch.call, jobs, outputs=outs, name="sweep")
     with np.load(outs[2]) as z:
         assert z["samples"].shape[0] == 16
+
+
+def test_class_labels_of_a_conditional_model_survive_batches_and_shards(inputs, tmp_path, monkeypatch):
+    """A conditional model's drawn classes are kept in the NPZ by the CLI, the resumable job and the shard merge."""
+    from conditional_gaussians import ConditionalGaussians
+
+    from adasched import models
+
+    monkeypatch.setitem(models.LOADERS, "condgauss",
+                        lambda arg, **kw: ConditionalGaussians([[-20.0, 0.0], [0.0, 20.0], [20.0, 0.0]], c=0.5))
+    so = sample_options(inputs, tmp_path / "job.npz", num=20) | {"model": "condgauss:three"}
+    assert cli(["sample", *[f"--{k.replace('_', '-')}={v}" for k, v in so.items() if k != "output"],
+                "-o", str(tmp_path / "cli.npz")]) == 0
+    dispatch.SampleJob(so)()
+    sharded = tmp_path / "sharded.npz"
+    dispatch.stage("sample", tmp_path / "s.log", {"dispatch": {"executor": "local", "sample_shards": 3}},
+                   **(so | {"output": str(sharded)}))
+    with np.load(tmp_path / "cli.npz") as ref:
+        assert set(ref["labels"]) == {0, 1, 2} and ref["labels"].shape == (20,)
+        for f in (tmp_path / "job.npz", sharded):
+            with np.load(f) as z:
+                assert sorted(z.files) == sorted(ref.files)
+                np.testing.assert_array_equal(z["labels"], ref["labels"])
+                np.testing.assert_array_equal(z["samples"], ref["samples"])

@@ -417,3 +417,28 @@ def test_cli_samples_an_edm_pickle(uncond, tmp_path, capsys, monkeypatch):
     assert d["samples"].shape == (3, 3, 8, 8) and int(d["nfe"]) == 5
     ref = generate(lambda x, s: net(x.float(), s.float()).double(), sigmas_edm(3), "heun", range(3), (3, 8, 8))
     np.testing.assert_allclose(d["samples"], ref["samples"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_samples_and_probes_a_conditional_edm_pickle(tmp_path, no_edm_code, monkeypatch):
+    """A class-conditional network goes through `adasched sample` (a class per seed, kept in the NPZ) and
+    `adasched probe` on its own samples (the default data of a network), as EDM's CIFAR-10 model would."""
+    import numpy as np
+
+    from adasched.cli import main
+    from adasched.probe import read_probes
+
+    net = _build(SRC, "tiny_cond", img_resolution=8, img_channels=3, label_dim=4)
+    path = tmp_path / "cond.pkl"
+    digest = _write_edm_pickle(path, SRC, dict(ema=net))
+    monkeypatch.setenv("ADASCHED_CACHE_DIR", str(tmp_path / "cache"))
+    model = f"edm:{path}#sha256={digest}"
+    sched, out = tmp_path / "s.json", tmp_path / "x.npz"
+    assert main(["schedule", "--method", "edm", "--solver", "heun", "--nfe", "5", "-o", str(sched)]) == 0
+    assert main(["sample", "--model", model, "--schedule", str(sched), "--solver", "heun", "--num", "6",
+                 "--device", "cpu", "-o", str(out)]) == 0
+    d = np.load(out)
+    assert d["samples"].shape == (6, 3, 8, 8) and d["labels"].shape == (6,) and d["labels"].max() < 4
+    assert main(["probe", "--model", model, "--grid", "3", "--samples", "4", "--device", "cpu",
+                 "-o", str(tmp_path / "p.h5")]) == 0
+    r = read_probes(tmp_path / "p.h5")
+    assert r.data == "model:1024" and r.samples == 4 and np.all(np.isfinite(r.mean))

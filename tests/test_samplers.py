@@ -13,7 +13,7 @@ import torch
 import reference_solvers as ref
 from adasched.denoisers import CountingDenoiser
 from adasched.errors import SolverError
-from adasched.samplers import SOLVERS, PerSampleGenerator, get_solver, latents, nfe_for_steps, steps_for_nfe
+from adasched.samplers import SOLVERS, PerSampleGenerator, generate, get_solver, latents, nfe_for_steps, steps_for_nfe
 from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear, sigmas_time_uniform
 
 F64 = torch.float64
@@ -440,3 +440,24 @@ def test_samplers_validate_the_schedule(mixture_3d, solver):
         with pytest.raises(Exception) as info:
             SOLVERS[solver].fn(mixture_3d, x, torch.tensor(bad, dtype=F64), generator=gen)
         assert type(info.value).__name__ == "ScheduleError"
+
+
+def test_generate_draws_a_class_per_seed_for_a_conditional_model():
+    """One class per seed, right after the latent, whatever the batch; each sample from its own class."""
+    from conditional_gaussians import ConditionalGaussians
+
+    model = ConditionalGaussians([[-20.0, 0.0], [0.0, 20.0], [20.0, 0.0]], c=0.5)
+    s = sigmas_edm(32, 0.002, 80.0)
+    seeds = list(range(100, 160))
+    a = generate(model, s, "heun", seeds, model.shape, batch=7)
+    b = generate(model, s, "heun", seeds, model.shape, batch=60)
+    assert a["labels"].dtype == torch.int64 and set(a["labels"].tolist()) == {0, 1, 2}
+    assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["samples"], b["samples"])
+    gen = PerSampleGenerator(seeds)  # the latent first, then the class
+    assert torch.equal(gen.randn(model.shape), a["latents"]) and torch.equal(gen.randint(3), a["labels"])
+    nearest = torch.cdist(a["samples"].double(), model.means).argmin(1)
+    assert torch.equal(nearest, a["labels"])
+    # Bound labels are kept, and none are drawn.
+    bound = generate(model.with_labels(torch.tensor(1)), s, "heun", seeds, model.shape)
+    assert "labels" not in bound and torch.equal(torch.cdist(bound["samples"].double(), model.means).argmin(1),
+                                                 torch.ones(60, dtype=torch.int64))
