@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from adasched.errors import AdaschedError, ScheduleError
-from adasched.samplers import PerSampleGenerator, get_solver, latents
+from adasched.samplers import PerSampleGenerator, get_solver, latents, with_drawn_labels
 from adasched.schedules import sigmas_edm, validate_sigmas
 
 __all__ = ["OPTIMIZERS", "REFERENCE_FLOOR", "candidate_schedules", "fit_schedule", "hessian", "oracle_schedule",
@@ -274,6 +274,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     """
     init = validate_sigmas(init_sigmas)
     x = latents(probe_seeds, shape).double() * init[0]
+    denoise = with_drawn_labels(denoise, probe_seeds, shape)  # a conditional model: the classes generate draws
     if isinstance(reference, torch.Tensor):
         ref = reference
     else:

@@ -305,6 +305,21 @@ def steps_for_nfe(solver: str, nfe: int, **options) -> int:
         f"nearby reachable NFE: {', '.join(map(str, nearby))}")
 
 
+def draws_labels(denoise) -> bool:
+    """Whether ``denoise`` is a class-conditional model (``label_dim > 0``) with no labels bound."""
+    return int(getattr(denoise, "label_dim", 0) or 0) > 0 and getattr(denoise, "class_labels", None) is None
+
+
+def with_drawn_labels(denoise, seeds: Sequence[int], shape: Sequence[int]):
+    """``denoise`` with the classes :func:`generate` draws for ``seeds`` bound (as it is, if it draws none):
+    solving from ``latents(seeds, shape)`` with it is what :func:`generate` does."""
+    if not draws_labels(denoise):
+        return denoise
+    gen = PerSampleGenerator(seeds)
+    gen.randn(shape)
+    return denoise.with_labels(gen.randint(denoise.label_dim))
+
+
 def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
              device="cpu", dtype=torch.float64, progress: Callable[[int], None] | None = None, **options):
     """Draw one sample per seed with common random numbers; return samples, latents and the counted NFE.
@@ -328,8 +343,7 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     if batch < 1:
         raise SolverError(f"batch must be a positive integer, got {batch!r}")
     s = validate_sigmas(sigmas)
-    label_dim = int(getattr(denoise, "label_dim", 0) or 0)
-    draw_labels = label_dim > 0 and getattr(denoise, "class_labels", None) is None
+    draw_labels = draws_labels(denoise)
     samples, lat, labels = [], [], []
     evaluations = 0
     seeds = [int(v) for v in seeds]
@@ -338,7 +352,7 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
         gen = PerSampleGenerator(chunk)
         z = gen.randn(shape)
         if draw_labels:
-            labels.append(gen.randint(label_dim))
+            labels.append(gen.randint(denoise.label_dim))
         counting = CountingDenoiser(denoise.with_labels(labels[-1]) if draw_labels else denoise)
         x = z.to(device=device, dtype=dtype) * s[0].to(dtype)
         out = spec.fn(counting, x, s, generator=gen if spec.stochastic else None, **options)

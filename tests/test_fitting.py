@@ -225,3 +225,24 @@ def test_whitened_rounds_go_far_below_where_plain_lbfgs_stops():
     plain = fit_schedule(pl, "ipndm", start, x, exact, iterations=200, optimizer="lbfgs", whitened_rounds=0)
     whitened = fit_schedule(pl, "ipndm", start, x, exact, iterations=200, optimizer="lbfgs")
     assert error(whitened) < 0.1 * error(plain)
+
+
+def test_solver_aware_schedule_of_a_conditional_model_fits_the_classes_generate_draws():
+    """A class-conditional model is fitted with the classes `generate` draws for the fit seeds: its own
+    solves, and so the fitted schedule's error in `generate`, are those of the right class."""
+    from conditional_gaussians import ConditionalGaussians
+
+    from adasched.samplers import generate
+
+    model = ConditionalGaussians([[-2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], c=0.3)
+    steps, seeds = steps_for_nfe("euler", 5), list(range(1000, 1032))
+    init = sigmas_edm(steps)
+    fitted = solver_aware_schedule(model, model.shape, "euler", init, seeds, iterations=20)
+
+    def error(s):  # against the exact solution of each sample's class: mu + (x_T - mu) c / sqrt(c^2 + 80^2)
+        out = generate(model, s, "euler", seeds, model.shape)
+        mu = model.means[out["labels"]]
+        exact = mu + (out["latents"].double() * 80.0 - mu) * 0.3 / (0.3**2 + 80.0**2) ** 0.5
+        return float((out["samples"].double() - exact).pow(2).mean().sqrt())
+
+    assert error(fitted) < 0.5 * error(init)
