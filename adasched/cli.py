@@ -33,6 +33,7 @@ EXAMPLES = {
     "probe": """examples:
   adasched probe --model gmm:mixture.json --grid 200 --samples 256 -o probes.h5
   adasched probe --model gmm:mixture.json --grid 200 --samples 256 -o probes.h5     # adds 256 more
+  adasched probe --model gmm:mixture.json --grid 200 --total-samples 1024 -o probes.h5   # tops up to 1024
   adasched probe --model gmm:mixture.json --cost predictor --grid 100 --samples 128 -o probes-po.h5
 """,
     "evaluate": """examples:
@@ -136,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "255-NFE samples)")
     p.add_argument("--grid", required=True, type=_positive_int, help="number of probe intervals K (K+1 sigmas)")
     p.add_argument("--spacing", default="log", choices=["log", "edm"], help="probe grid spacing (default log)")
-    p.add_argument("--samples", required=True, type=_positive_int, help="samples to add per interval")
+    count = p.add_mutually_exclusive_group(required=True)
+    count.add_argument("--samples", type=_positive_int, help="samples to add per interval")
+    count.add_argument("--total-samples", type=_positive_int,
+                       help="bring the file up to this many samples per interval (rerun an interrupted probe with "
+                            "the same number to finish it)")
     p.add_argument("--seed", type=int, default=None, help="first seed of a new file (default 0; an existing file "
                                                           "continues after its last seed)")
     p.add_argument("--sigma-min", type=_float, default=SIGMA_MIN, help=f"lowest probe sigma (default {SIGMA_MIN})")
@@ -382,7 +387,7 @@ def cmd_probe(args) -> None:
     from adasched.probe import probe
 
     model, sampler, grid, options = probe_inputs(args)
-    probe(model, sampler, grid, args.samples, args.output,
+    probe(model, sampler, grid, args.samples, args.output, total_samples=args.total_samples,
           callback=lambda done, todo: log.info("probed %d/%d samples per interval", done, todo), **options)
 
 

@@ -175,6 +175,26 @@ def test_probe_appends_and_score_optimal_schedule(tmp_path, capsys, mixture):
     assert s.method == "score-optimal" and s.steps == 5 and s.nfe == 9
     assert float(s.sigmas[0]) == pytest.approx(80) and float(s.sigmas[-2]) == pytest.approx(0.002)
     assert s.params["probes_sha256"] and s.params["samples_per_interval"] == 16
+    # --total-samples tops a file up to a count (so rerunning an interrupted probe finishes it): no more.
+    top = [a if a != "--samples" else "--total-samples" for a in base]
+    assert run(top, capsys)[0] == 0 and (read_probes(h5).count == 16).all()
+    for _ in range(2):
+        assert run(top[:-1] + [tmp_path / "t.h5"], capsys)[0] == 0
+    assert run(base[:-1] + [tmp_path / "once.h5"], capsys)[0] == 0
+    t = read_probes(tmp_path / "t.h5")
+    assert (t.count == 8).all() and np.array_equal(t.sum, read_probes(tmp_path / "once.h5").sum)
+    with pytest.raises(SystemExit):
+        main([str(a) for a in base + ["--total-samples", 8]])
+    # The predictor-optimised cost and its schedule.
+    po = tmp_path / "po.h5"
+    assert run(["probe", "--model", f"gmm:{mixture}", "--cost", "predictor", "--grid", 12, "--samples", 8,
+                "-o", po], capsys)[0] == 0
+    rc, err = run(["schedule", "--method", "score-optimal-po", "--probes", po, "--solver", "dpmpp-2m", "--nfe", 8,
+                   "-o", tmp_path / "po.json"], capsys)
+    assert rc == 0 and err == ""
+    s = Schedule.load(tmp_path / "po.json")
+    assert s.method == "score-optimal-po" and s.nfe == 8 and s.steps == 8 and float(s.sigmas[-1]) == 0.0
+    assert float(s.sigmas[0]) == pytest.approx(80) and torch.all(s.sigmas[:-1] > s.sigmas[1:])
 
 
 def test_solver_aware_schedule_beats_its_start(tmp_path, capsys, mixture):
