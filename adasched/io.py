@@ -20,7 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "check_output", "write_json", "read_json", "save_npz", "provenance", "sha256_file", "log_records_to"]
+__all__ = ["atomic_path", "check_output", "write_json", "read_json", "save_npz", "provenance", "sha256_file",
+           "log_records_to"]
 
 
 def _read_umask() -> int:
