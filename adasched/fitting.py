@@ -210,7 +210,7 @@ def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_m
 
     Heun on EDM's rho = 7 schedule with ``steps`` and with ``steps // 2`` steps (the coarse grid is every
     other level of the fine one); Heun's global error is O(h^2), so ``(4 fine - coarse) / 3`` cancels its
-    leading term: 1.5x the fine solve's cost (12286 NFE by default), 70x to 2000x less error on the analytic
+    leading term: 1.5x the fine solve's cost (12286 NFE by default), 75x to 490x less error on the analytic
     targets, and 7x to 8x less at each doubling of ``steps``.  2048 steps left 1.8e-9 on the power-law
     Gaussian, where its converged iPNDM 20-NFE fit is 1.0e-9 from the exact solution: a fit to that
     reference ends 2x above it (docs/benchmarks.md).  It stops at ``sigma_min``, by default the model's own (a network is untrained below it), or
