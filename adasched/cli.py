@@ -331,6 +331,13 @@ def cmd_schedule(args) -> None:
              provenance=provenance(command="schedule")).save(args.output)
 
 
+def sample_arrays(out: dict) -> dict:
+    """The per-sample arrays of a samples NPZ from :func:`adasched.samplers.generate`'s result: ``samples``,
+    ``latents`` and, for a class-conditional model, ``labels``."""
+    keys = ("samples", "latents", "labels") if "labels" in out else ("samples", "latents")
+    return {k: out[k].numpy() for k in keys}
+
+
 def cmd_sample(args) -> None:
     import numpy as np
     import torch
@@ -352,9 +359,7 @@ def cmd_sample(args) -> None:
         out = generate(model, schedule.sigmas, args.solver, seeds, model.shape, batch=args.batch, device=device,
                        dtype=getattr(torch, args.dtype),
                        progress=lambda k: log.info("sampled %d/%d", k, len(seeds)), **opts)
-    save_npz(args.output, samples=out["samples"].numpy(), latents=out["latents"].numpy(),
-             **({"labels": out["labels"].numpy()} if "labels" in out else {}),
-             seeds=np.asarray(seeds, dtype=np.int64), sigmas=schedule.sigmas.numpy(), nfe=np.int64(out["nfe"]),
+    save_npz(args.output, **sample_arrays(out), seeds=np.asarray(seeds, dtype=np.int64), sigmas=schedule.sigmas.numpy(), nfe=np.int64(out["nfe"]),
              solver=args.solver, method=schedule.method,
              provenance=json.dumps(provenance(command="sample", model=args.model, schedule=schedule.to_json(),
                                               solver_options=opts, device=str(device))))

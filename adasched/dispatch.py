@@ -881,7 +881,7 @@ class SampleJob(_Job):
         import numpy as np
         import torch
 
-        from adasched.cli import resolve_device, solver_options
+        from adasched.cli import resolve_device, sample_arrays, solver_options
         from adasched.io import provenance, save_npz
         from adasched.models import load_model
         from adasched.samplers import generate, get_solver
@@ -905,9 +905,7 @@ class SampleJob(_Job):
             with torch.inference_mode():
                 out = generate(model, schedule.sigmas, args.solver, chunks[k], model.shape, batch=args.batch,
                                device=device, dtype=getattr(torch, args.dtype), **opts)
-            save_npz(work / f"batch-{k:06d}.npz", samples=out["samples"].numpy(), latents=out["latents"].numpy(),
-                     seeds=np.asarray(chunks[k], dtype=np.int64),
-                     **({"labels": out["labels"].numpy()} if "labels" in out else {}))
+            save_npz(work / f"batch-{k:06d}.npz", **sample_arrays(out), seeds=np.asarray(chunks[k], dtype=np.int64))
             self.on_batch(k + 1, len(chunks))
         parts = [np.load(work / f"batch-{k:06d}.npz") for k in range(len(chunks))]
         nfe = get_solver(args.solver).nfe(len(schedule.sigmas) - 1, **opts)

@@ -213,8 +213,9 @@ def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_m
     leading term: 1.5x the fine solve's cost (12286 NFE by default), 75x to 490x less error on the analytic
     targets, and 7x to 8x less at each doubling of ``steps``.  2048 steps left 1.8e-9 on the power-law
     Gaussian, where its converged iPNDM 20-NFE fit is 1.0e-9 from the exact solution: a fit to that
-    reference ends 2x above it (docs/benchmarks.md).  It stops at ``sigma_min``, by default the model's own (a network is untrained below it), or
-    :data:`REFERENCE_FLOOR` for a model that declares 0; then the final jump to 0.
+    reference ends 2x above it (docs/benchmarks.md).  It stops at ``sigma_min``, by default the model's own
+    (a network is untrained below it), or :data:`REFERENCE_FLOOR` for a model that declares 0; then the
+    final jump to 0.
     """
     if sigma_min is None:
         sigma_min = float(getattr(denoise, "sigma_min", 0.0)) or REFERENCE_FLOOR
