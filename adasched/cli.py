@@ -359,8 +359,8 @@ def cmd_sample(args) -> None:
         out = generate(model, schedule.sigmas, args.solver, seeds, model.shape, batch=args.batch, device=device,
                        dtype=getattr(torch, args.dtype),
                        progress=lambda k: log.info("sampled %d/%d", k, len(seeds)), **opts)
-    save_npz(args.output, **sample_arrays(out), seeds=np.asarray(seeds, dtype=np.int64), sigmas=schedule.sigmas.numpy(), nfe=np.int64(out["nfe"]),
-             solver=args.solver, method=schedule.method,
+    save_npz(args.output, **sample_arrays(out), seeds=np.asarray(seeds, dtype=np.int64),
+             sigmas=schedule.sigmas.numpy(), nfe=np.int64(out["nfe"]), solver=args.solver, method=schedule.method,
              provenance=json.dumps(provenance(command="sample", model=args.model, schedule=schedule.to_json(),
                                               solver_options=opts, device=str(device))))
 
