@@ -6,11 +6,13 @@ config.yaml instead of being merged into it. How to run and read the results: do
 """
 
 import os
+import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 import adasched
-from adasched.workflow import Sweep, run_stage
+from adasched.errors import AdaschedError
+from adasched.workflow import Sweep, run_stage, validate_config
 
 min_version("9.0")
 
@@ -26,9 +28,13 @@ if not workflow.config_settings.configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-validate(config, "schemas/config.schema.yaml")
-# Checks a schema cannot make (unreachable NFE, ranges); raises one line naming the key.
-SWEEP = Sweep(config)
+# The schema (defaults filled in), then what a schema cannot check (unreachable NFE, targets that are not
+# distributions, ranges, every stage's options): a bad config is one line naming the key, before any job runs.
+try:
+    validate_config(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
+    SWEEP = Sweep(config)
+except AdaschedError as e:
+    sys.exit(f"adasched: config error: {e}")
 R = SWEEP.results
 # Imported code is invisible to Snakemake's rerun triggers: the package version reaches every rule as a param
 # (after changing the library without a version bump, rerun what it affects with --forcerun RULE).

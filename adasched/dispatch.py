@@ -20,27 +20,17 @@ Failures: a job that raises, is cancelled, killed or runs out of requeues raises
 :class:`~adasched.errors.AdaschedError` whose one-line message names the job id, the reason and its
 stderr log.  Outputs are only ever written atomically, so nothing half-written is left as an output.
 
-Preemption and time limits (ecosystem.md D): the jobs here are callables with a ``checkpoint`` method
-returning ``DelayedSubmission(self)``, so submitit requeues them on SLURM's warning signal (``USR2``,
-``signal_delay_s`` before the time limit, or at preemption with ``preempt_send_user_signal``), and a job
-requeued by SLURM itself (``scontrol requeue``, node failure) simply starts again.  Either way they
-resume from what they already wrote:
+Preemption and time limits (ecosystem.md D): a :class:`Resumable` job (a function that writes one output
+atomically and resumes from its own partial work) has a ``checkpoint`` method returning
+``DelayedSubmission(self)``, so submitit requeues it on SLURM's warning signal (``USR2``, ``signal_delay_s``
+before the time limit, or at preemption with ``preempt_send_user_signal``), and a job requeued by SLURM
+itself (``scontrol requeue``, node failure) simply starts again; either way it resumes from what it wrote.
+:meth:`Dispatcher.run_all` runs such jobs, skipping those whose output was already made from the same
+inputs (the record ``.<output name>.dispatch.json`` beside it); :meth:`Dispatcher.map` does the same for a
+plain function over items with ``outputs``.
 
-* :class:`ProbeJob` (``adasched probe``): tops a work file up to ``samples`` per interval with
-  :func:`adasched.probe.probe` (``total_samples=``); the accumulators are per-seed and sequential, so the
-  final numbers are bit-identical to an uninterrupted run (its ``runs`` record lists the resumed runs).
-* :class:`SampleJob` (``adasched sample``): writes every batch as its own file and resumes after the last
-  complete one; batches are the same as an uninterrupted run's and every sample depends only on its
-  seed, so the final NPZ holds bit-identical arrays.
-* :class:`CliJob` (any other command): runs again from the start (``train --checkpoint`` resumes itself).
-
-Work in progress lives beside the output in a hidden folder ``.<output name>.partial/`` together with a
-digest of the job's inputs; it is reused only by a job with the same digest, and removed once the output
-is in place.  A shard of :func:`map` that finished leaves ``.<output name>.dispatch.json`` with its input
-digest; a later :func:`map` with the same inputs skips it.
-
-Workflow scripts call :func:`stage` with the rule's log and the workflow config, whose ``dispatch`` block
-(:meth:`Dispatcher.from_config`) chooses the executor; see docs/slurm.md.
+This module knows nothing of adasched's stages: the workflow (:func:`adasched.workflow.run_stage`) wraps a
+stage of :mod:`adasched.stages` in a :class:`Resumable` and hands it here; docs/slurm.md.
 """
 
 from __future__ import annotations
@@ -48,36 +38,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from adasched import __version__
 from adasched.errors import AdaschedError
+from adasched.io import log_records_to, sha256_file, write_json
 
-__all__ = [
-    "run",
-    "map",
-    "stage",
-    "sample_in_shards",
-    "Dispatcher",
-    "SlurmOptions",
-    "ProbeJob",
-    "SampleJob",
-    "CliJob",
-    "job_for",
-    "inputs_digest",
-    "partial_dir",
-    "EXECUTORS",
-]
+__all__ = ["run", "map", "Dispatcher", "SlurmOptions", "Resumable", "inputs_digest", "partial_dir", "EXECUTORS"]
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +233,37 @@ class Dispatcher:
         outcome = self._run_jobs(name, [_bind(fn, args, kwargs)])[0]
         return outcome.value()
 
+    def run_all(self, jobs: Sequence["Resumable"], name: str | None = None) -> list[str]:
+        """Run every :class:`Resumable` job whose output is not yet made from the same inputs: here, one after
+        the other, or as ONE SLURM job (one job) or job array (several); return their outputs in order.
+
+        A failure is one :class:`AdaschedError` naming the job and its log (a job here raises its own error);
+        outputs of jobs that finished are kept and skipped next time.  The stderr log of a single SLURM job is
+        copied into this process's log records when it ends, so a rule's log shows what the job did.
+        """
+        jobs = list(jobs)
+        name = name or (_callable_name(jobs[0].fn) if jobs else "jobs")
+        todo = [j for j in jobs if not j.done()]
+        if len(todo) < len(jobs):
+            log.info("%s: %d of %d shards already done with the same inputs; not run again",
+                     name, len(jobs) - len(todo), len(jobs))
+        if not todo:
+            return [j.output for j in jobs]
+        if self.executor == "local":
+            if len(todo) == 1:
+                log.info("%s: running in this process", name)
+                todo[0]()
+            else:
+                log.info("%s: running %d shard(s) in this process", name, len(todo))
+                _run_here(name, todo)
+            return [j.output for j in jobs]
+        outcomes = self._run_jobs(name, todo)
+        if len(outcomes) == 1 and self.executor == "slurm":
+            log.info("---- SLURM job %s: %s ----\n%s", outcomes[0].job_id, outcomes[0].stderr,
+                     _tail(outcomes[0].stderr).rstrip("\n"))
+        _raise_failures(name, outcomes)
+        return [j.output for j in jobs]
+
     def map(self, fn: Callable, items: Iterable, *, outputs: Sequence[str | os.PathLike] | None = None,
             merge: Callable[[list], Any] | None = None, name: str | None = None) -> list:
         """``[fn(item) for item in items]`` as ONE job array (at most ``array_parallelism`` at a time).
@@ -288,10 +296,7 @@ class Dispatcher:
                 shards.append(_Shard(fn, item))
                 todo.append(i)
                 continue
-            if fn is call and isinstance(item, _Job):  # the job records (and checks) its own digest
-                digest = item.digest()
-            else:
-                digest = inputs_digest({"fn": _callable_name(fn), "item": item}, exclude=[outputs[i]])
+            digest = inputs_digest({"fn": _callable_name(fn), "item": item}, exclude=[outputs[i]])
             if _shard_done(outputs[i], digest):
                 continue
             cls = _ResumableShard if _checkpointable(fn) or _checkpointable(item) else _Shard
@@ -331,7 +336,7 @@ class Dispatcher:
         submitted = time.time()
         try:
             with _clean_env():
-                if len(callables) == 1 and not isinstance(callables[0], _Shard):
+                if len(callables) == 1 and not isinstance(callables[0], _Shard):  # one job, not an array
                     jobs = [ex.submit(callables[0])]
                 else:
                     jobs = ex.submit_array(callables)
@@ -582,8 +587,6 @@ def _clean_env():
 
 
 def _callable_name(fn: Any) -> str:
-    if isinstance(fn, _Job):
-        return fn.command
     f = getattr(fn, "func", fn)
     mod = getattr(f, "__module__", None) or type(f).__module__
     qual = getattr(f, "__qualname__", None) or type(f).__qualname__
@@ -643,8 +646,7 @@ class _Shard:
         if self.output is not None:
             if not Path(self.output).exists():
                 raise AdaschedError(f"{_callable_name(self.fn)} returned but did not write its output {self.output}")
-            if not (self.fn is call and isinstance(self.item, _Job)):  # a job writes its own record
-                _write_marker(self.output, self.digest, _callable_name(self.fn))
+            _write_marker(self.output, self.digest, _callable_name(self.fn))
             return self.output
         return value
 
@@ -664,8 +666,6 @@ def _marker(output: str | os.PathLike) -> Path:
 
 
 def _write_marker(output: str | os.PathLike, digest: str | None, what: str) -> None:
-    from adasched.io import write_json
-
     write_json(_marker(output), {"inputs_digest": digest, "made_by": what})
 
 
@@ -683,8 +683,6 @@ _FILE_HASHES: dict[tuple, str] = {}
 
 
 def _file_sha256(path: str) -> str:
-    from adasched.io import sha256_file
-
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
@@ -699,8 +697,6 @@ def inputs_digest(obj: Any, exclude: Iterable[str | os.PathLike] = ()) -> str:
     file's sha256, so a changed input file changes the digest; ``exclude`` lists files left out (the
     output itself).  Dataclasses, mappings and sequences are walked; the adasched version is included.
     """
-    from adasched import __version__
-
     skip = {os.path.abspath(p) for p in exclude}
     files: dict[str, str] = {}
 
@@ -716,9 +712,6 @@ def inputs_digest(obj: Any, exclude: Iterable[str | os.PathLike] = ()) -> str:
             s = os.fspath(x)
             note(s)
             return s
-        if isinstance(x, _Job):
-            return {"__class__": f"{type(x).__module__}.{type(x).__qualname__}", "command": x.command,
-                    "options": canon(x.options)}
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             return {"__class__": f"{type(x).__module__}.{type(x).__qualname__}",
                     **{f.name: canon(getattr(x, f.name)) for f in dataclasses.fields(x)}}
@@ -745,26 +738,9 @@ def partial_dir(output: str | os.PathLike) -> Path:
     return p.parent / f".{p.name}.partial"
 
 
-def _parse(command: str, options: dict):
-    """``options`` through the ``adasched COMMAND`` parser: the same names, checks and defaults as the CLI."""
-    from adasched.cli import build_parser, cli_argv
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return build_parser().parse_args(cli_argv(command, options))
-    except SystemExit:
-        msg = err.getvalue().strip().splitlines()
-        raise AdaschedError(f"bad options for adasched {command}: {msg[-1] if msg else options}") from None
-
-
 @contextlib.contextmanager
 def _job_logging():
     """In a SLURM job nothing handles ``adasched`` log records: send them to stderr (the job's ``.err``)."""
-    import sys
-
-    from adasched.io import log_records_to
-
     if logging.getLogger("adasched").handlers or logging.getLogger().handlers:
         yield
         return
@@ -772,299 +748,52 @@ def _job_logging():
         yield
 
 
-class _Job:
-    """An ``adasched COMMAND`` with its options (the CLI's names, ``output`` for ``-o``), run as a callable.
+@dataclass
+class Resumable:
+    """``fn(**kwargs)``, a function that writes the file ``output`` atomically and resumes from its own partial
+    work when called again with the same arguments, as one picklable job.
 
-    ``checkpoint`` returns ``DelayedSubmission(self)``: after a preemption or time-out the same job runs
-    again and resumes from what it wrote.
+    Calling it runs ``fn`` unless ``output`` was already made from the same inputs (:meth:`done`: the record
+    ``.<output name>.dispatch.json`` holds the digest of ``fn``, ``kwargs`` and the files they name), then
+    writes that record.  ``checkpoint`` returns ``DelayedSubmission(self)``, so after a preemption or time-out
+    submitit requeues the same job and ``fn`` resumes.  The keyword ``progress``, a progress callback that does
+    not change the output, is left out of the digest.
     """
 
-    command = ""
+    fn: Callable
+    kwargs: dict
+    output: str
 
-    def __init__(self, options: dict):
-        if "output" not in options:
-            raise AdaschedError(f"adasched {self.command} job needs an output")
-        self.options = dict(options)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.command!r}, {self.options!r})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and (self.command, self.options) == (other.command, other.options)
-
-    @property
-    def output(self) -> Path:
-        return Path(self.options["output"])
+    def __post_init__(self):
+        self.output = os.fspath(self.output)
 
     def digest(self) -> str:
-        return inputs_digest({"command": self.command, "options": self.options}, exclude=[self.output])
+        inputs = {k: v for k, v in self.kwargs.items() if k != "progress"}
+        return inputs_digest({"fn": _callable_name(self.fn), "kwargs": inputs}, exclude=[self.output])
+
+    def done(self) -> bool:
+        """Whether ``output`` exists and was made from these inputs."""
+        return _shard_done(Path(self.output), self.digest())
+
+    def mark_done(self) -> None:
+        _write_marker(self.output, self.digest(), _callable_name(self.fn))
 
     def __call__(self) -> str:
         with _job_logging():
-            digest = self.digest()
-            if _shard_done(self.output, digest):
-                # e.g. a job requeued after it had finished, or a stage called again with the same inputs
-                log.info("%s: %s is already made from the same inputs", self.command, self.output)
-                return str(self.output)
-            self.run()
-            _write_marker(self.output, digest, self.command)
-        return str(self.output)
-
-    def run(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def on_batch(self, done: int, total: int) -> None:
-        """Called after each batch of work is safely on disk (progress; tests slow jobs down here)."""
-        log.info("%s: %d/%d batches done (%s)", self.command, done, total, self.output)
+            if self.done():  # e.g. a job requeued after it had finished, or run again with the same inputs
+                log.info("%s is already made from the same inputs", self.output)
+                return self.output
+            self.fn(**self.kwargs)
+            if not Path(self.output).exists():
+                raise AdaschedError(f"{_callable_name(self.fn)} returned but did not write its output {self.output}")
+            self.mark_done()
+        return self.output
 
     def checkpoint(self, *args, **kwargs):
-        import submitit
+        import submitit  # optional at import time: only jobs on a cluster need it
 
-        log.info("%s: checkpoint; the requeued job resumes from %s", self.command, partial_dir(self.output))
+        log.info("checkpoint of %s; the requeued job resumes from its partial work", self.output)
         return submitit.helpers.DelayedSubmission(self)
-
-    # -- work in progress
-
-    def _partial(self) -> Path:
-        """The work folder, emptied first if it holds work for other inputs."""
-        work = partial_dir(self.output)
-        digest = self.digest()
-        stamp = work / "inputs.json"
-        if work.exists():
-            try:
-                same = json.loads(stamp.read_text()).get("inputs_digest") == digest
-            except (OSError, ValueError, AttributeError):
-                same = False
-            if not same:
-                log.info("%s: discarding work in %s made from other inputs", self.command, work)
-                shutil.rmtree(work)
-        if not work.exists():
-            from adasched.io import write_json
-
-            work.mkdir(parents=True)
-            write_json(stamp, {"inputs_digest": digest, "command": self.command, "options": self.options})
-        return work
-
-
-class ProbeJob(_Job):
-    """``adasched probe`` that resumes: the probe file is built in the work folder and topped up to
-    ``samples`` per interval (:func:`adasched.probe.probe` with ``total_samples``), then moved onto the
-    output.  Unlike the CLI's ``--samples`` (which adds to an existing file) the output always holds exactly
-    ``samples`` per interval, seeds ``seed, seed + 1, ...``."""
-
-    command = "probe"
-
-    def run(self) -> None:
-        from adasched.cli import probe_inputs
-        from adasched.probe import probe, read_probes
-
-        args = _parse("probe", self.options)
-        work = self._partial()
-        h5 = work / "probes.h5"
-        if h5.exists():
-            log.info("probe: resuming %s at %d samples per interval", h5, read_probes(h5).samples)
-        model, sampler, grid, options = probe_inputs(args)
-        probe(model, sampler, grid, None, h5, total_samples=args.samples, callback=self.on_batch, **options)
-        _move_into_place(h5, self.output)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-class SampleJob(_Job):
-    """``adasched sample`` that resumes: each batch of ``batch`` seeds is written to the work folder as it
-    finishes; a restarted job keeps the batches on disk and computes the rest.  The output NPZ has the keys
-    and values the CLI writes (``samples``, ``latents``, ``seeds``, ``sigmas``, ``nfe``, ``solver``,
-    ``method``, ``provenance``): the batches are the CLI's and each sample depends on its seed alone."""
-
-    command = "sample"
-
-    def run(self) -> None:
-        import numpy as np
-        import torch
-
-        from adasched.cli import resolve_device, sample_arrays, solver_options
-        from adasched.io import provenance, save_npz
-        from adasched.models import load_model
-        from adasched.samplers import generate, get_solver
-        from adasched.schedules import Schedule
-
-        args = _parse("sample", self.options)
-        schedule = Schedule.load(args.schedule)
-        opts = dict(schedule.params.get("solver_options", {})) if schedule.solver == args.solver else {}
-        opts.update(solver_options(args))
-        if schedule.solver != args.solver:
-            log.warning("schedule %s was made for %s, sampling with %s", args.schedule, schedule.solver, args.solver)
-        work = self._partial()
-        seeds = list(range(args.seed_start, args.seed_start + args.num))
-        chunks = [seeds[i:i + args.batch] for i in range(0, len(seeds), args.batch)]
-        done = _complete_batches(work, chunks)
-        if done:
-            log.info("sample: resuming %s after %d of %d batches", self.output, done, len(chunks))
-        device = resolve_device(args.device)
-        model = load_model(args.model, device=device, trust=args.trust_pickle) if done < len(chunks) else None
-        for k in range(done, len(chunks)):
-            with torch.inference_mode():
-                out = generate(model, schedule.sigmas, args.solver, chunks[k], model.shape, batch=args.batch,
-                               device=device, dtype=getattr(torch, args.dtype), **opts)
-            save_npz(work / f"batch-{k:06d}.npz", **sample_arrays(out), seeds=np.asarray(chunks[k], dtype=np.int64))
-            self.on_batch(k + 1, len(chunks))
-        parts = [np.load(work / f"batch-{k:06d}.npz") for k in range(len(chunks))]
-        nfe = get_solver(args.solver).nfe(len(schedule.sigmas) - 1, **opts)
-        labels = {"labels": np.concatenate([p["labels"] for p in parts])} if "labels" in parts[0].files else {}
-        save_npz(self.output, samples=np.concatenate([p["samples"] for p in parts]),
-                 latents=np.concatenate([p["latents"] for p in parts]), **labels,
-                 seeds=np.asarray(seeds, dtype=np.int64),
-                 sigmas=schedule.sigmas.numpy(), nfe=np.int64(nfe), solver=args.solver, method=schedule.method,
-                 provenance=json.dumps(provenance(command="sample", model=args.model, schedule=schedule.to_json(),
-                                                  solver_options=opts, device=str(device))))
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _complete_batches(work: Path, chunks: list[list[int]]) -> int:
-    """How many leading batch files in ``work`` are complete and hold the expected seeds."""
-    import numpy as np
-
-    for k, chunk in enumerate(chunks):
-        f = work / f"batch-{k:06d}.npz"
-        try:
-            with np.load(f) as d:
-                ok = d["seeds"].tolist() == chunk and d["samples"].shape[0] == len(chunk)
-        except (OSError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            for stale in work.glob("batch-*.npz"):
-                if int(stale.stem.split("-")[1]) >= k:
-                    stale.unlink()
-            return k
-    return len(chunks)
-
-
-def _move_into_place(src: Path, dst: Path) -> None:
-    """fsync ``src`` and rename it onto ``dst`` (same filesystem: the work folder sits beside ``dst``)."""
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-
-
-class CliJob(_Job):
-    """Any other ``adasched COMMAND`` (``schedule``, ``evaluate``, ``train``): run as the CLI would; after a
-    preemption it runs again from the start (its outputs are atomic; ``train --checkpoint`` resumes)."""
-
-    def __init__(self, command: str, options: dict):
-        self.command = command
-        super().__init__(options)
-
-    def run(self) -> None:
-        from adasched.cli import COMMANDS
-
-        if self.command not in COMMANDS:
-            raise AdaschedError(f"unknown adasched command {self.command!r}; valid: {', '.join(COMMANDS)}")
-        COMMANDS[self.command](_parse(self.command, self.options))
-
-
-def job_for(command: str, options: dict) -> _Job:
-    """The resumable job for ``adasched COMMAND`` with CLI ``options`` (``output`` is ``-o``)."""
-    if command == "probe":
-        return ProbeJob(options)
-    if command == "sample":
-        return SampleJob(options)
-    return CliJob(command, options)
-
-
-def call(job: Callable) -> Any:
-    """``job()``: the function :meth:`Dispatcher.map` maps over job objects."""
-    return job()
-
-
-# ------------------------------------------------------------------------------------ workflow scripts
-
-
-def stage(command: str, log_path: str | os.PathLike, config: dict | None = None, **options) -> str:
-    """Run ``adasched COMMAND`` for one workflow rule where ``config['dispatch']`` says; return the output.
-
-    ``options`` are the CLI's (``output=`` for ``-o``), as the rule's ``params`` hold them.  ``probe`` and
-    ``sample`` run as resumable jobs (:class:`ProbeJob`, :class:`SampleJob`), other commands as
-    :class:`CliJob`.  With ``dispatch.sample_shards: N > 1`` a ``sample`` is split into N seed ranges run as
-    one job array and merged (:func:`sample_in_shards`).  Progress, SLURM job ids and log paths go to
-    ``log_path`` (which is started afresh), and so does stderr when the stage has its process to itself
-    (:func:`adasched.workflow.logging_to`); after a SLURM job its own stderr log is appended.  A failure
-    raises one :class:`AdaschedError` naming the job and its log.
-    """
-    from adasched.cli import cli_argv
-    from adasched.workflow import logging_to
-
-    d = Dispatcher.from_config(config, stage=command)
-    job = job_for(command, options)
-    shards = d.sample_shards if command == "sample" else 1
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(log_path).write_text("adasched " + " ".join(cli_argv(command, options)) + f"  [executor: {d.executor}"
-                              + (f", {shards} seed shards" if shards > 1 else "") + "]\n")
-    label = f"{command} {job.output}"
-    with logging_to(log_path, append=True) as f:
-        try:
-            if shards > 1:
-                return sample_in_shards(d, job, shards)
-            if d.executor == "local":
-                return d.run(job, name=label)
-            outcome = d._run_jobs(label, [job])[0]
-            f.write(f"---- SLURM job {outcome.job_id}: {outcome.stderr} ----\n")
-            f.write(_tail(outcome.stderr))
-            f.flush()
-            return outcome.value()
-        except AdaschedError as e:
-            log.error("%s", e)
-            if d.executor != "local":
-                raise
-            raise AdaschedError(f"adasched {command} failed: {e} (log: {log_path})") from None
-
-
-def sample_in_shards(d: Dispatcher, job: "SampleJob", shards: int) -> str:
-    """``job``'s samples as ``shards`` contiguous seed ranges, ONE job array, merged into ``job.output``.
-
-    Every sample depends on its seed alone, so the merged file holds the arrays an unsharded run writes,
-    bit for bit.  Shards live in ``.<output name>.shards/`` beside the output; a shard finished from the
-    same inputs is not run again (a rerun after a failed or cancelled array only submits the rest), and
-    the folder is removed once the merged output is in place.
-    """
-    import numpy as np
-
-    from adasched.io import save_npz
-
-    opts = job.options
-    args = _parse("sample", opts)  # the CLI's defaults for what the options leave out
-    num, start = args.num, args.seed_start
-    if shards > num:
-        raise AdaschedError(f"dispatch.sample_shards ({shards}) is more than the {num} samples of {job.output}")
-    digest = job.digest()
-    if _shard_done(job.output, digest):
-        log.info("sample: %s is already made from the same inputs", job.output)
-        return str(job.output)
-    folder = job.output.parent / f".{job.output.name}.shards"
-    bounds = [start + (num * k) // shards for k in range(shards + 1)]
-    parts = [SampleJob(dict(opts, seed_start=a, num=b - a, output=str(folder / f"shard-{k:04d}.npz")))
-             for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-
-    def merge(paths: list[str]) -> None:
-        loaded = []
-        for p in paths:
-            with np.load(p) as z:
-                loaded.append({key: z[key] for key in z.files})
-        arrays = dict(loaded[0])
-        for key in ("samples", "latents", "labels", "seeds"):
-            if key in arrays:
-                arrays[key] = np.concatenate([z[key] for z in loaded])
-        for key in ("sigmas", "nfe", "solver", "method"):
-            if any(not np.array_equal(z[key], arrays[key]) for z in loaded[1:]):
-                raise AdaschedError(f"sample shards of {job.output} disagree on {key}")
-        save_npz(job.output, **arrays)
-        _write_marker(job.output, digest, "sample")
-        shutil.rmtree(folder, ignore_errors=True)
-
-    d.map(call, parts, outputs=[p.output for p in parts], merge=merge, name=f"sample {job.output}")
-    return str(job.output)
 
 
 def _tail(path: Path, max_bytes: int = 200_000) -> str:
@@ -1077,27 +806,3 @@ def _tail(path: Path, max_bytes: int = 200_000) -> str:
     except OSError:
         return f"(no log at {path})\n"
     return text if text.endswith("\n") or not text else text + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m adasched.dispatch COMMAND LOG CONFIG_JSON OPTIONS_JSON``: :func:`stage` in a process of its
-    own (what :func:`adasched.workflow.run_stage` starts for work that waits on SLURM); exit 1 with one line
-    on failure."""
-    import sys
-
-    from adasched.cli import exit_status
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 4:
-        print("usage: python -m adasched.dispatch COMMAND LOG CONFIG_JSON OPTIONS_JSON", file=sys.stderr)
-        return 2
-    command, log_path, config, options = argv[0], argv[1], json.loads(argv[2]), json.loads(argv[3])
-    return exit_status(command, lambda: stage(command, log_path, config, **options))
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through the workflow on the test cluster
-    # Run the importable module's main, not this __main__ copy: its jobs must pickle as adasched.dispatch.*
-    # and log as adasched.dispatch.
-    from adasched.dispatch import main as _main
-
-    raise SystemExit(_main())

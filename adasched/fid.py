@@ -66,6 +66,7 @@ import torch
 
 from adasched.errors import AdaschedError, DataError, DownloadError
 from adasched.metrics import FID_NAME, INCEPTION_EXTRACTOR, ImageMetric, frechet_distance, gaussian_stats
+from adasched.progress import Progress, report
 
 __all__ = [
     "FID_PROTOCOLS", "FID_NUM_IMAGES", "EDM_SEED_RANGES", "INCEPTION_URL", "INCEPTION_FILENAME",
@@ -236,12 +237,14 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(x.astype(np.float64) * 127.5 + 128, 0, 255).astype(np.uint8)
 
 
-def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100, device=None) -> np.ndarray:
+def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100, device=None,
+                   progress: Progress | None = None, task: str = "features") -> np.ndarray:
     """Features ``[N, d]`` of ``images`` (float in [-1, 1] or uint8, ``[N, C, H, W]``) via clean-fid.
 
     The images go through ``cleanfid.fid.get_model_features`` as a "generator" that returns them batch by
     batch (the last batch padded, then cut), so the resize and feature code is clean-fid's own; the latent
     noise clean-fid draws for a generator is drawn under a forked RNG, leaving the global state untouched.
+    ``progress(task, images done, N)`` (:mod:`adasched.progress`) follows the batches.
     """
     from cleanfid import fid as cfid
 
@@ -256,6 +259,7 @@ def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100
     def gen(z):
         i = cursor[0]
         cursor[0] += batch_size
+        report(progress, task, min(i, n), n)
         b = u8[i:i + batch_size]
         if len(b) < batch_size:
             b = torch.cat([b, b[:1].expand(batch_size - len(b), -1, -1, -1)])
@@ -266,6 +270,7 @@ def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100
                                         batch_size=batch_size, device=pick_device(device), verbose=False,
                                         custom_fn_resize=extractor.resize)
     assert cursor[0] >= n and len(feats) == n
+    report(progress, task, n, n)
     return np.asarray(feats, dtype=np.float64).reshape(n, -1)
 
 
@@ -377,7 +382,7 @@ def _take(seeds, images, num_images: int | None, what: str):
 
 def frechet_runs(name: str, runs: Sequence, extractor: FeatureExtractor, ref_mu, ref_sigma, reference: dict, *,
                  protocol: str, num_images: int | None = None, batch_size: int = 100, device=None,
-                 aggregate: str = "min") -> ImageMetric:
+                 aggregate: str = "min", progress: Progress | None = None) -> ImageMetric:
     """The Fréchet distance of each run's features to the reference statistics, as an :class:`ImageMetric`.
 
     ``runs``: ``(seeds, images)`` pairs on disjoint seeds; each is cut to its first ``num_images`` images (all
@@ -387,7 +392,8 @@ def frechet_runs(name: str, runs: Sequence, extractor: FeatureExtractor, ref_mu,
     values, ranges, counts = [], [], set()
     for k, (seeds, images) in enumerate(runs):
         seeds, images = _take(seeds, images, num_images, f"run {k}")
-        mu, sigma = feature_stats(images, extractor, batch_size=batch_size, device=device)
+        mu, sigma = feature_stats(images, extractor, batch_size=batch_size, device=device, progress=progress,
+                                  task=f"{name} run {k + 1}/{len(runs)}")
         values.append(frechet_distance(mu, sigma, ref_mu, ref_sigma))
         ranges.append((int(seeds.min()), int(seeds.max()) + 1))
         counts.add(len(seeds))
@@ -402,7 +408,7 @@ def frechet_runs(name: str, runs: Sequence, extractor: FeatureExtractor, ref_mu,
 def compute_fid(runs: Sequence, reference: str, *, protocol: str, resources: str | os.PathLike,
                 num_images: int | None = FID_NUM_IMAGES, download: bool = True,
                 lockfile: str | os.PathLike | None = None, batch_size: int = 100, device=None,
-                extractor: FeatureExtractor | None = None) -> ImageMetric:
+                extractor: FeatureExtractor | None = None, progress: Progress | None = None) -> ImageMetric:
     """FID of each run against ``reference`` under ``protocol``; the minimum over runs is the headline.
 
     ``extractor`` replaces the Inception network (tests); its name must still be Inception's for the result
@@ -413,7 +419,7 @@ def compute_fid(runs: Sequence, reference: str, *, protocol: str, resources: str
     if extractor is None:
         extractor = inception_extractor(protocol, resources, device=device, download=download, lockfile=lockfile)
     return frechet_runs(FID_NAME, runs, extractor, mu, sigma, ref, protocol=protocol, num_images=num_images,
-                        batch_size=batch_size, device=device)
+                        batch_size=batch_size, device=device, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -480,7 +486,7 @@ def _load_classifier(classifier, device):
 
 
 def compute_digits_fd(runs: Sequence, *, classifier=None, num_images: int | None = None, batch_size: int = 256,
-                      device=None) -> ImageMetric:
+                      device=None, progress: Progress | None = None) -> ImageMetric:
     """``digits_fd``: Fréchet distance of each run to the real digits in the digits classifier's feature space.
 
     ``classifier``: a :class:`~adasched.classifier.DigitsClassifier`, a path to a saved one, or ``None`` to
@@ -490,7 +496,7 @@ def compute_digits_fd(runs: Sequence, *, classifier=None, num_images: int | None
     extractor = digits_extractor(model, device=device)
     mu, sigma, ref = digits_reference(extractor, model, batch_size=batch_size, device=device)
     return frechet_runs(DIGITS_FD_NAME, runs, extractor, mu, sigma, ref, protocol="digits-classifier-features",
-                        num_images=num_images, batch_size=batch_size, device=device)
+                        num_images=num_images, batch_size=batch_size, device=device, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -551,7 +557,8 @@ def _infer_reference(paths, protocol: str) -> str:
 def image_metrics(paths: Sequence, *, fid: str | None = None, fid_ref: str | None = None, digits_fd: bool = False,
                   classifier=None, num_images: int | None = None, seed_ranges: int | None = None,
                   resources: str | os.PathLike | None = None, lockfile: str | os.PathLike | None = None,
-                  download: bool = True, device=None, batch_size: int = 100) -> tuple[dict, dict]:
+                  download: bool = True, device=None, batch_size: int = 100,
+                  progress: Progress | None = None) -> tuple[dict, dict]:
     """Image metrics of samples NPZ files: ``({name: ImageMetric}, {"num_samples", "seeds"})``.
 
     ``fid``: a protocol of :data:`FID_PROTOCOLS` (``num_images`` defaults to :data:`FID_NUM_IMAGES`), with
@@ -571,14 +578,14 @@ def image_metrics(paths: Sequence, *, fid: str | None = None, fid_ref: str | Non
         runs = load_runs(paths, num_images=n, seed_ranges=seed_ranges)
         out[FID_NAME] = compute_fid(runs, fid_ref or _infer_reference(paths, fid), protocol=fid,
                                     resources=resources, num_images=n, download=download, lockfile=lockfile,
-                                    batch_size=batch_size, device=device)
+                                    batch_size=batch_size, device=device, progress=progress)
         used.append(out[FID_NAME])
     if digits_fd:
         runs = load_runs(paths, num_images=num_images, seed_ranges=seed_ranges)
         if num_images is None and len({len(s) for s, _ in runs}) > 1:
             num_images = min(len(s) for s, _ in runs)
         out[DIGITS_FD_NAME] = compute_digits_fd(runs, classifier=classifier, num_images=num_images,
-                                                batch_size=batch_size, device=device)
+                                                batch_size=batch_size, device=device, progress=progress)
         used.append(out[DIGITS_FD_NAME])
     first = used[0]
     ranges = [list(r) for r in first.seed_ranges]

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from adasched.errors import AdaschedError, ScheduleError
+from adasched.progress import Progress, report
 from adasched.samplers import PerSampleGenerator, get_solver, latents, with_drawn_labels
 from adasched.schedules import sigmas_edm, validate_sigmas
 
@@ -90,7 +91,7 @@ def hessian(loss_of, theta: torch.Tensor) -> torch.Tensor:
 def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, target: torch.Tensor, *,
                  iterations: int = 300, lr: float = 0.05, sigma_floor: float = 1e-4, optimizer: str = "adam",
                  generator_seeds: Sequence[int] | None = None, whitened_rounds: int = WHITENED_ROUNDS,
-                 **solver_options) -> torch.Tensor:
+                 progress: Progress | None = None, task: str = "fit", **solver_options) -> torch.Tensor:
     """Minimise ``mean ||solve(x_start) - target||^2`` over the positive levels of ``init_sigmas``.
 
     ``x_start`` are the start points at ``init_sigmas[0]`` (``latents * sigma_max``), ``target`` the
@@ -102,7 +103,9 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     coordinates ``u`` with ``theta = theta_0 + V |E|^(-1/2) u``, where ``V E V^T`` is the exact Hessian
     (:func:`hessian`, ``p`` Hessian-vector products) of the error at the round's start ``theta_0``, again
     while a round gains more than 1%.  The best schedule evaluated is returned.  Stochastic solvers use
-    per-sample generators re-seeded at every evaluation from ``generator_seeds``.
+    per-sample generators re-seeded at every evaluation from ``generator_seeds``.  ``progress(task, n, total)``
+    (:mod:`adasched.progress`) is told the number of error evaluations so far (each is one solve and its
+    gradient); ``total`` is ``iterations`` for Adam and unknown (None) for L-BFGS.
     """
     if optimizer not in OPTIMIZERS:
         raise AdaschedError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -130,6 +133,7 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
         if evaluations % 50 == 0:
             log.info("fit %s (%s): evaluation %d, mse %.4g", solver, optimizer, evaluations, value)
         evaluations += 1
+        report(progress, task, evaluations, iterations + 1 if optimizer == "adam" else None)
         return loss
 
     if optimizer == "adam":
@@ -205,7 +209,7 @@ REFERENCE_FLOOR = 2e-6
 
 
 def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_min: float | None = None,
-                       steps: int = 4096) -> torch.Tensor:
+                       steps: int = 4096, progress: Progress | None = None) -> torch.Tensor:
     """A high-accuracy probability-flow solve by the model itself: Richardson-extrapolated Heun.
 
     Heun on EDM's rho = 7 schedule with ``steps`` and with ``steps // 2`` steps (the coarse grid is every
@@ -215,16 +219,21 @@ def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_m
     Gaussian, where its converged iPNDM 20-NFE fit is 1.0e-9 from the exact solution: a fit to that
     reference ends 2x above it (docs/benchmarks.md).  It stops at ``sigma_min``, by default the model's own
     (a network is untrained below it), or :data:`REFERENCE_FLOOR` for a model that declares 0; then the
-    final jump to 0.
+    final jump to 0.  ``progress("reference solve", step, total)`` counts the steps of both solves.
     """
     if sigma_min is None:
         sigma_min = float(getattr(denoise, "sigma_min", 0.0)) or REFERENCE_FLOOR
     if steps < 2 or steps % 2:
         raise AdaschedError(f"reference steps must be even and at least 2, got {steps}")
     solver = get_solver("heun")
+    total = steps + steps // 2
+
+    def step_done(offset):
+        return lambda i, *_: report(progress, "reference solve", offset + i + 1, total)
+
     with torch.no_grad():
-        fine = solver.fn(denoise, x_start, sigmas_edm(steps, sigma_min, sigma_max))
-        coarse = solver.fn(denoise, x_start, sigmas_edm(steps // 2, sigma_min, sigma_max))
+        fine = solver.fn(denoise, x_start, sigmas_edm(steps, sigma_min, sigma_max), callback=step_done(0))
+        coarse = solver.fn(denoise, x_start, sigmas_edm(steps // 2, sigma_min, sigma_max), callback=step_done(steps))
     return (4.0 * fine - coarse) / 3.0
 
 
@@ -265,7 +274,8 @@ def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[
 
 def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
                           reference: Callable | torch.Tensor | None = None, candidates: Sequence | None = None,
-                          starts: int = 3, iterations: int = 200, polish: bool = True, **kw) -> torch.Tensor:
+                          starts: int = 3, iterations: int = 200, polish: bool = True,
+                          progress: Progress | None = None, **kw) -> torch.Tensor:
     """A schedule for ``solver`` fitted to the model's own high-NFE solves on ``probe_seeds``.
 
     The sampling error is far from convex in the noise levels, and gradient descent keeps the basin it
@@ -276,6 +286,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     ``polish=False``).  ``reference(x_start, sigma_max)`` gives the targets (default
     :func:`reference_solution`), or ``reference`` is the targets themselves, already computed for the start
     points of ``probe_seeds``; only the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
+    ``progress`` (:mod:`adasched.progress`) follows the reference solve and each fit.
     """
     init = validate_sigmas(init_sigmas)
     x = latents(probe_seeds, shape).double() * init[0]
@@ -283,7 +294,8 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     if isinstance(reference, torch.Tensor):
         ref = reference
     else:
-        ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax)))(x, float(init[0]))
+        ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax, progress=progress)))(
+            x, float(init[0]))
     pool = [init, *map(validate_sigmas, candidates or [])]
     steps = init.numel() - 1
     if steps > 1:
@@ -296,13 +308,13 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
         with torch.no_grad():
             return float((spec.fn(denoise, x, s, generator=gen, **options) - ref).pow(2).mean())
 
-    def refine(s, **extra):
+    def refine(s, task, **extra):
         return fit_schedule(denoise, solver, s, x, ref, generator_seeds=probe_seeds, iterations=iterations,
-                            **{**kw, **extra})
+                            progress=progress, task=task, **{**kw, **extra})
 
     ranked = sorted(pool, key=error)[:max(1, starts)]
-    best = min((refine(s) for s in ranked), key=error)
+    best = min((refine(s, f"fit start {k + 1}/{len(ranked)} (adam)") for k, s in enumerate(ranked)), key=error)
     # Adam travels from distant starts but stops short of a narrow optimum, where L-BFGS converges in a few
     # seconds (benchmarks/polish.py, docs/benchmarks.md).  Holding back a share of the probe seeds to choose
     # between starts and fits was tried and did not help (docs/benchmarks.md).
-    return refine(best, optimizer="lbfgs") if polish else best
+    return refine(best, "polish (lbfgs)", optimizer="lbfgs") if polish else best

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 __all__ = ["atomic_path", "check_output", "write_json", "read_json", "save_npz", "provenance", "sha256_file",
-           "log_records_to"]
+           "log_records_to", "logging_to"]
 
 
 def _read_umask() -> int:
@@ -163,3 +163,15 @@ def log_records_to(stream) -> Iterator[None]:
             _CAPTURES["active"] -= 1
             if _CAPTURES["active"] == 0:
                 logger.level, logger.propagate = _CAPTURES["saved"]
+
+
+@contextlib.contextmanager
+def logging_to(log_path: str | os.PathLike, append: bool = False) -> Iterator[Any]:
+    """Send this thread's ``adasched`` log records (INFO and up) to ``log_path`` for a job's duration, and
+    stderr too when the job has the process to itself (its main thread: a workflow script); a job running in
+    a thread of the Snakemake process leaves the shared stderr alone.  Yields the open log file."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    own_process = threading.current_thread() is threading.main_thread()
+    with open(log_path, "a" if append else "w") as f, log_records_to(f):
+        with contextlib.redirect_stderr(f) if own_process else contextlib.nullcontext():
+            yield f

@@ -15,6 +15,7 @@ results folder.  Every function writes its file atomically (:func:`adasched.io.a
 
 from __future__ import annotations
 
+import csv
 import html
 import logging
 import math
@@ -333,6 +334,13 @@ _CAPTIONS = {
 }
 
 
+def read_summary(path: str | os.PathLike) -> list[dict]:
+    """The rows of a ``summary.csv`` (the workflow's :func:`adasched.workflow.write_summary`), typed."""
+    with open(path, newline="") as f:
+        return [{**r, "nfe": int(r["nfe"]), "value": float(r["value"]), "num_samples": int(r["num_samples"])}
+                for r in csv.DictReader(f)]
+
+
 def write_report(output: str | os.PathLike, *, summary: str | os.PathLike, plots: Iterable[str | os.PathLike],
                  info: dict) -> None:
     """The HTML report: per model its figures (relative links) and a table per metric from ``summary``.
@@ -343,8 +351,6 @@ def write_report(output: str | os.PathLike, *, summary: str | os.PathLike, plots
     """
     from adasched import __version__
     from adasched.io import atomic_path
-    from adasched.workflow import read_summary
-
     e = html.escape
     out_dir = Path(output).parent
     rows = read_summary(summary)

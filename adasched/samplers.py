@@ -25,6 +25,7 @@ from adasched.errors import SolverError
 from adasched.schedules import validate_sigmas
 
 __all__ = [
+    "check_options",
     "sample_euler",
     "sample_heun",
     "sample_dpmpp_2m",
@@ -305,6 +306,16 @@ def steps_for_nfe(solver: str, nfe: int, **options) -> int:
         f"nearby reachable NFE: {', '.join(map(str, nearby))}")
 
 
+def check_options(solver: str, options: dict) -> dict:
+    """``options`` if ``solver`` takes every one of them; else one :class:`SolverError` naming the valid ones."""
+    spec = get_solver(solver)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise SolverError(f"solver {solver!r} takes no option(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(spec.options) or 'none'}")
+    return dict(options)
+
+
 def draws_labels(denoise) -> bool:
     """Whether ``denoise`` is a class-conditional model (``label_dim > 0``) with no labels bound."""
     return int(getattr(denoise, "label_dim", 0) or 0) > 0 and getattr(denoise, "class_labels", None) is None
@@ -336,10 +347,7 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     from adasched.denoisers import CountingDenoiser
 
     spec = get_solver(solver)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise SolverError(f"solver {solver!r} takes no option(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(spec.options) or 'none'}")
+    check_options(solver, options)
     if batch < 1:
         raise SolverError(f"batch must be a positive integer, got {batch!r}")
     s = validate_sigmas(sigmas)

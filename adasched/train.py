@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from adasched.errors import AdaschedError, DataError, ModelError
+from adasched.progress import Progress
 
 __all__ = ["TrainConfig", "train", "load_trained", "TrainedDenoiser", "edm_loss", "edm_weight",
            "gaussian_baseline_loss", "evaluate_loss", "sample_model", "save_grid", "learned_schedule",
@@ -360,13 +361,13 @@ def _meta(config, data_desc, step, losses, learner, net, elapsed, *, checkpoint:
 
 def train(config: TrainConfig, output: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-          progress: Callable[[int, float], None] | None = None) -> "TrainedDenoiser":
+          progress: Progress | None = None) -> "TrainedDenoiser":
     """Train a network as set out by ``config``; write the model to ``output`` (if given) and return it loaded.
 
     ``checkpoint``: a file to resume from if it exists, and to write every ``checkpoint_every`` steps (default:
     every ``log_every`` steps) and at the end; a checkpoint written with another config (other than ``log_every``,
-    and ``steps`` with the constant learning rate) is refused.  ``progress(step, mean_loss)`` is called every
-    ``log_every`` steps, after that step's checkpoint.  The global random state is left as it was.
+    and ``steps`` with the constant learning rate) is refused.  ``progress("train", step, steps)``
+    (:mod:`adasched.progress`) is called every ``log_every`` steps, after that step's checkpoint.  The global random state is left as it was.
     """
     config.check()
     device = torch.device(device)
@@ -435,7 +436,7 @@ def _train(config, output, device, checkpoint, checkpoint_every, progress) -> "T
         if checkpoint is not None and (step % every == 0 or step == config.steps):
             _save(checkpoint, config, data_desc, step, losses, learner, net, ema, elapsed, opt=opt, gen=gen)
         if report and progress is not None:
-            progress(step, mean)
+            progress("train", step, config.steps)
     elapsed += time.perf_counter() - t0 if run_n else 0.0
     if output is not None:
         _save(output, config, data_desc, step, losses, learner, net, ema, elapsed)

@@ -4,11 +4,11 @@
 rule evaluate:
     input:
         unpack(lambda w: SWEEP.evaluate_inputs(w.model)),
-        samples=f"{R}/{{model}}/samples/{{method}}/{{solver}}-nfe{{nfe}}.npz",
+        samples=SWEEP.pattern("samples"),
     output:
-        f"{R}/{{model}}/metrics/{{method}}/{{solver}}-nfe{{nfe}}.json",
+        SWEEP.pattern("metrics"),
     log:
-        f"{R}/logs/{{model}}/metrics/{{method}}/{{solver}}-nfe{{nfe}}.log",
+        SWEEP.log_pattern("metrics"),
     params:
         options=lambda w: SWEEP.evaluate_options(w.model),
         version=VERSION,

@@ -35,8 +35,9 @@ if SWEEP.kind_models("trained-digits"):
         priority: 100
         resources:
             gpu=config["gpus"],
-        script:
-            "../scripts/train.py"
+        run:
+            run_stage("train", log[0], config, in_thread=SWEEP.in_thread("train"), output=output[0],
+                      **params.options)
 
     rule classifier:
         """The digits classifier whose features give the offline Fréchet distance digits_fd (never called FID)."""

@@ -14,8 +14,8 @@ rule probe_corrector:
         version=VERSION,
     resources:
         gpu=config["gpus"],
-    script:
-        "../scripts/probe.py"
+    run:
+        run_stage("probe", log[0], config, in_thread=SWEEP.in_thread("probe"), output=output[0], **params.options)
 
 
 rule probe_predictor:
@@ -31,5 +31,5 @@ rule probe_predictor:
         version=VERSION,
     resources:
         gpu=config["gpus"],
-    script:
-        "../scripts/probe.py"
+    run:
+        run_stage("probe", log[0], config, in_thread=SWEEP.in_thread("probe"), output=output[0], **params.options)

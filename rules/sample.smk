@@ -3,18 +3,14 @@
 
 rule sample:
     input:
-        schedule=f"{R}/{{model}}/schedules/{{method}}/{{solver}}-nfe{{nfe}}.json",
+        schedule=SWEEP.pattern("schedules"),
         model=lambda w: SWEEP.model_file(w.model),
     output:
-        (
-            f"{R}/{{model}}/samples/{{method}}/{{solver}}-nfe{{nfe}}.npz"
-            if SWEEP.keep_samples()
-            else temp(f"{R}/{{model}}/samples/{{method}}/{{solver}}-nfe{{nfe}}.npz")
-        ),
+        SWEEP.pattern("samples") if SWEEP.keep_samples() else temp(SWEEP.pattern("samples")),
     log:
-        f"{R}/logs/{{model}}/samples/{{method}}/{{solver}}-nfe{{nfe}}.log",
+        SWEEP.log_pattern("samples"),
     params:
-        options=lambda w: SWEEP.sample_options(w.model),
+        options=lambda w: SWEEP.sample_options(w.model, w.solver),
         version=VERSION,
     resources:
         gpu=config["gpus"],

@@ -6,12 +6,13 @@ rule schedule:
     input:
         unpack(lambda w: SWEEP.schedule_inputs(w.model, w.method)),
     output:
-        f"{R}/{{model}}/schedules/{{method}}/{{solver}}-nfe{{nfe}}.json",
+        SWEEP.pattern("schedules"),
     log:
-        f"{R}/logs/{{model}}/schedules/{{method}}/{{solver}}-nfe{{nfe}}.log",
+        SWEEP.log_pattern("schedules"),
     params:
-        options=lambda w: SWEEP.schedule_options(w.model, w.method),
+        options=lambda w: SWEEP.schedule_options(w.model, w.method, w.solver),
+        in_thread=lambda w: SWEEP.in_thread("schedule", w.method),
         version=VERSION,
     run:
-        run_stage("schedule", log[0], config, method=wildcards.method, solver=wildcards.solver, nfe=wildcards.nfe,
-                  probes=input.get("probes"), output=output[0], **params.options)
+        run_stage("schedule", log[0], config, in_thread=params.in_thread, method=wildcards.method, nfe=wildcards.nfe,
+                  solver=wildcards.solver, probes=input.get("probes"), output=output[0], **params.options)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adasched.cli import main
+from clirun import run
 from adasched.samplers import SOLVERS, generate, nfe_for_steps
 from adasched.schedules import Schedule, sigmas_edm
 from adasched.targets import GaussianMixture
@@ -21,12 +22,6 @@ def mixture(tmp_path):
     path = tmp_path / "mixture.json"
     path.write_text(json.dumps(MIXTURE))
     return path
-
-
-def run(argv, capsys):
-    rc = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return rc, out.err
 
 
 @pytest.mark.parametrize("method", ["edm", "loglinear", "kl-optimal", "time-uniform"])

@@ -1,9 +1,11 @@
-"""adasched.dispatch: stages in this process and as real SLURM jobs (a one-node SLURM, tests/slurm_cluster.py).
+"""adasched.dispatch: stages in this process and as real SLURM jobs (a one-node SLURM, tests/slurm_cluster.py),
+through the workflow's entry (adasched.workflow.run_here) and as :class:`adasched.dispatch.Resumable` jobs.
 
 The SLURM tests need Debian's slurm-wlm and munge (.ci/slurm-setup.sh installs them); without them they FAIL
 with the install command, they are never skipped.  Interrupted jobs are compared bit for bit with
-uninterrupted runs.  Jobs that must be slow enough to interrupt sleep after each batch in their first run
-only (``SLURM_RESTART_COUNT`` unset), so the resumed run is quick.
+uninterrupted runs.  A job is interrupted or slowed down through its stage's progress callback: it raises
+after some work, or sleeps after each batch in its first run only (``SLURM_RESTART_COUNT`` unset), so the
+resumed run is quick.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adasched import dispatch
+from adasched import dispatch, stages
 from adasched.cli import main as cli
 from adasched.errors import AdaschedError
 from adasched.probe import read_probes
+from adasched.workflow import run_here
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 TESTS = Path(__file__).resolve().parent
@@ -55,8 +58,14 @@ def sample_options(inputs, output, nfe=9, num=48, batch=8):
 
 
 def probe_options(inputs, output, samples=48, batch=8):
-    return {"model": f"gmm:{inputs / 'mixture.json'}", "grid": 12, "samples": samples, "batch": batch,
-            "device": "cpu", "output": str(output)}
+    """The workflow's probe: resumable, up to ``samples`` per interval."""
+    return {"model": f"gmm:{inputs / 'mixture.json'}", "grid": 12, "total_samples": samples, "batch": batch,
+            "device": "cpu", "resume": True, "output": str(output)}
+
+
+def job(stage, options, **extra) -> dispatch.Resumable:
+    """The stage as the workflow hands it to the dispatcher (``extra``: e.g. a progress callback)."""
+    return dispatch.Resumable(stages.STAGES[stage], stages.bind(stage, options) | extra, options["output"])
 
 
 def slurm_config(tmp_path, **slurm):
@@ -103,45 +112,27 @@ class Interrupted(Exception):
 
 
 class StopAfter:
-    """Mixin: raise after ``n`` batches, as a killed job would stop (tests in this process)."""
+    """A progress callback that raises once ``n`` samples are done, as a killed job would stop (in this process)."""
 
-    n = 2
+    def __init__(self, n=16):
+        self.n = n
 
-    def on_batch(self, done, total):
-        super().on_batch(done, total)
+    def __call__(self, task, done, total):
         if done >= self.n:
             raise Interrupted(f"stopped after {done}")
 
 
-class StoppingSampleJob(StopAfter, dispatch.SampleJob):
-    pass
-
-
-class StoppingProbeJob(StopAfter, dispatch.ProbeJob):
-    n = 16
-
-
 class Slow:
-    """Mixin: sleep after each batch in a job's first run, so that a test can interrupt it mid-way."""
+    """A progress callback that logs and sleeps after each batch in a job's first run, so that a test can
+    interrupt it mid-way (picklable: SLURM jobs import it from tests/)."""
 
-    delay = 0.5
+    def __init__(self, delay=0.5):
+        self.delay = delay
 
-    def on_batch(self, done, total):
-        super().on_batch(done, total)
+    def __call__(self, task, done, total):
+        logging.getLogger("adasched").info("%s: %d/%d", task, done, total)
         if not os.environ.get("SLURM_RESTART_COUNT"):
             time.sleep(self.delay)
-
-
-class SlowSampleJob(Slow, dispatch.SampleJob):
-    pass
-
-
-class SlowProbeJob(Slow, dispatch.ProbeJob):
-    pass
-
-
-class VerySlowSampleJob(SlowSampleJob):
-    delay = 0.75
 
 
 def write_output(item):
@@ -201,9 +192,10 @@ def test_local_stages_write_what_the_cli_writes(inputs, tmp_path):
     so, po = sample_options(inputs, tmp_path / "s.npz"), probe_options(inputs, tmp_path / "p.h5")
     assert cli(["sample", *[f"--{k.replace('_', '-')}={v}" for k, v in so.items() if k != "output"],
                 "-o", str(tmp_path / "cli.npz")]) == 0
-    assert cli(["probe", *[f"--{k}={v}" for k, v in po.items() if k != "output"], "-o", str(tmp_path / "cli.h5")]) == 0
-    assert dispatch.stage("sample", tmp_path / "s.log", None, **so) == str(tmp_path / "s.npz")
-    dispatch.stage("probe", tmp_path / "p.log", {"dispatch": {"executor": "local"}}, **po)
+    assert cli(["probe", "--model", po["model"], "--grid", "12", "--samples", "48", "--batch", "8", "--device", "cpu",
+                "-o", str(tmp_path / "cli.h5")]) == 0
+    assert run_here("sample", tmp_path / "s.log", {}, **so) == str(tmp_path / "s.npz")
+    run_here("probe", tmp_path / "p.log", {"dispatch": {"executor": "local"}}, **po)
     assert_same_samples(tmp_path / "cli.npz", tmp_path / "s.npz")
     assert_same_probes(tmp_path / "cli.h5", tmp_path / "p.h5")
     assert "running in this process" in (tmp_path / "s.log").read_text()
@@ -214,64 +206,63 @@ def test_sample_in_seed_shards_is_the_unsharded_sample(inputs, tmp_path):
     """dispatch.sample_shards splits a sample into seed ranges and merges them into the unsharded file; a
     rerun after a failed shard runs only the shards that are missing."""
     so = sample_options(inputs, tmp_path / "whole.npz", num=50)
-    dispatch.SampleJob(so)()
+    job("sample", so)()
     cfg = {"dispatch": {"executor": "local", "sample_shards": 3}}
     out = tmp_path / "sharded.npz"
-    assert dispatch.stage("sample", tmp_path / "s.log", cfg, **(so | {"output": str(out)})) == str(out)
+    assert run_here("sample", tmp_path / "s.log", cfg, **(so | {"output": str(out)})) == str(out)
     assert_same_samples(tmp_path / "whole.npz", out)
     log_text = (tmp_path / "s.log").read_text()
     assert "3 seed shards" in log_text and "running 3 shard(s) in this process" in log_text
     assert not (tmp_path / ".sharded.npz.shards").exists()
     # A finished output is recognised; a shard folder left by a failed array is resumed shard by shard.
-    dispatch.stage("sample", tmp_path / "s.log", cfg, **(so | {"output": str(out)}))
+    run_here("sample", tmp_path / "s.log", cfg, **(so | {"output": str(out)}))
     assert "already made from the same inputs" in (tmp_path / "s.log").read_text()
     out2 = tmp_path / "again.npz"
-    first = dispatch.SampleJob(so | {"seed_start": 0, "num": 16, "output": str(tmp_path / ".again.npz.shards/shard-0000.npz")})
-    first()
-    dispatch.stage("sample", tmp_path / "s2.log", cfg, **(so | {"output": str(out2)}))
+    job("sample", so | {"seed_start": 0, "num": 16, "output": str(tmp_path / ".again.npz.shards/shard-0000.npz")})()
+    run_here("sample", tmp_path / "s2.log", cfg, **(so | {"output": str(out2)}))
     assert "1 of 3 shards already done" in (tmp_path / "s2.log").read_text()
     assert_same_samples(tmp_path / "whole.npz", out2)
     with pytest.raises(AdaschedError, match=r"sample_shards \(60\) is more than the 50 samples"):
-        dispatch.stage("sample", tmp_path / "s3.log", {"dispatch": {"sample_shards": 60}},
-                       **(so | {"output": str(tmp_path / "x.npz")}))
+        run_here("sample", tmp_path / "s3.log", {"dispatch": {"sample_shards": 60}},
+                 **(so | {"output": str(tmp_path / "x.npz")}))
     assert not (tmp_path / "x.npz").exists()
 
 
 def test_interrupted_sample_resumes_bit_identical(inputs, tmp_path, caplog):
     ref, out = tmp_path / "ref.npz", tmp_path / "out.npz"
-    dispatch.SampleJob(sample_options(inputs, ref))()
+    job("sample", sample_options(inputs, ref))()
     with pytest.raises(Interrupted):
-        StoppingSampleJob(sample_options(inputs, out))()
+        job("sample", sample_options(inputs, out), progress=StopAfter(16))()
     assert not out.exists() and batches_on_disk(out) == 2  # nothing half-written as the output
     with caplog.at_level(logging.INFO, logger="adasched"):
-        dispatch.SampleJob(sample_options(inputs, out))()
+        job("sample", sample_options(inputs, out))()
     assert "resuming" in caplog.text and "after 2 of 6 batches" in caplog.text
     assert_same_samples(ref, out)
     assert not dispatch.partial_dir(out).exists()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="adasched"):  # e.g. requeued after it had finished
-        dispatch.SampleJob(sample_options(inputs, out))()
+        job("sample", sample_options(inputs, out))()
     assert "already made from the same inputs" in caplog.text
 
 
 def test_work_from_other_inputs_is_discarded(inputs, tmp_path, caplog):
     out = tmp_path / "out.npz"
     with pytest.raises(Interrupted):
-        StoppingSampleJob(sample_options(inputs, out, nfe=11))()
+        job("sample", sample_options(inputs, out, nfe=11), progress=StopAfter(16))()
     with caplog.at_level(logging.INFO, logger="adasched"):
-        dispatch.SampleJob(sample_options(inputs, out))()
+        job("sample", sample_options(inputs, out))()
     assert "discarding work" in caplog.text and "resuming" not in caplog.text
-    dispatch.SampleJob(sample_options(inputs, tmp_path / "ref.npz"))()
+    job("sample", sample_options(inputs, tmp_path / "ref.npz"))()
     assert_same_samples(tmp_path / "ref.npz", out)
 
 
 def test_interrupted_probe_resumes_bit_identical(inputs, tmp_path):
     ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
-    dispatch.ProbeJob(probe_options(inputs, ref))()
+    job("probe", probe_options(inputs, ref))()
     with pytest.raises(Interrupted):
-        StoppingProbeJob(probe_options(inputs, out))()
+        job("probe", probe_options(inputs, out), progress=StopAfter(16))()
     assert not out.exists()
-    dispatch.ProbeJob(probe_options(inputs, out))()
+    job("probe", probe_options(inputs, out))()
     assert_same_probes(ref, out, runs=False)  # the estimates are bit-identical ...
     p = read_probes(out)
     assert p.runs.shape[0] == 2 and covered_once(p.runs, 48) and p.complete  # ... and the record shows the resume
@@ -312,7 +303,7 @@ def test_debug_executor_runs_through_submitit(tmp_path):
 def test_local_failure_is_one_line_and_leaves_no_output(inputs, tmp_path):
     opts = sample_options(inputs, tmp_path / "x.npz") | {"schedule": str(tmp_path / "missing.json")}
     with pytest.raises(AdaschedError) as e:
-        dispatch.stage("sample", tmp_path / "x.log", None, **opts)
+        run_here("sample", tmp_path / "x.log", {}, **opts)
     msg = str(e.value)
     assert "\n" not in msg and "schedule file not found" in msg and str(tmp_path / "x.log") in msg
     assert not (tmp_path / "x.npz").exists()
@@ -375,16 +366,16 @@ def job_env(monkeypatch):
 
 def test_slurm_gives_the_local_results(slurm_cluster, inputs, tmp_path, job_env):
     cfg = slurm_config(tmp_path)
-    dispatch.stage("sample", tmp_path / "s.log", None, **sample_options(inputs, tmp_path / "local.npz"))
-    dispatch.stage("probe", tmp_path / "p.log", None, **probe_options(inputs, tmp_path / "local.h5"))
-    dispatch.stage("sample", tmp_path / "s.log", cfg, **sample_options(inputs, tmp_path / "slurm.npz"))
-    dispatch.stage("probe", tmp_path / "p.log", cfg, **probe_options(inputs, tmp_path / "slurm.h5"))
+    run_here("sample", tmp_path / "s.log", {}, **sample_options(inputs, tmp_path / "local.npz"))
+    run_here("probe", tmp_path / "p.log", {}, **probe_options(inputs, tmp_path / "local.h5"))
+    run_here("sample", tmp_path / "s.log", cfg, **sample_options(inputs, tmp_path / "slurm.npz"))
+    run_here("probe", tmp_path / "p.log", cfg, **probe_options(inputs, tmp_path / "slurm.h5"))
     assert_same_samples(tmp_path / "local.npz", tmp_path / "slurm.npz")
     assert_same_probes(tmp_path / "local.h5", tmp_path / "slurm.h5")
     rule_log = (tmp_path / "s.log").read_text()  # the rule's log names the job and its log files
     job = re.search(r"submitted SLURM job (\d+); stdout (\S+), stderr (\S+)", rule_log)
     assert job and Path(job[2]).is_file() and Path(job[3]).is_file() and f"SLURM job {job[1]} finished" in rule_log
-    assert "sample: 6/6 batches done" in rule_log  # the job's own log, appended
+    assert "sample: 48/48 (100%)" in rule_log  # the job's own log (its progress lines), appended
     submission = (tmp_path / "slurm-logs" / job[1] / f"{job[1]}_submission.sh").read_text()
     assert "export HDF5_USE_FILE_LOCKING=FALSE" in submission and "#SBATCH --requeue" in submission
     # plain functions with arguments, through the module-level API
@@ -395,7 +386,7 @@ def test_slurm_gives_the_local_results(slurm_cluster, inputs, tmp_path, job_env)
 def test_slurm_failure_is_one_line_naming_job_and_log(slurm_cluster, inputs, tmp_path, job_env):
     opts = sample_options(inputs, tmp_path / "x.npz") | {"schedule": str(tmp_path / "missing.json")}
     with pytest.raises(AdaschedError) as e:
-        dispatch.stage("sample", tmp_path / "x.log", slurm_config(tmp_path), **opts)
+        run_here("sample", tmp_path / "x.log", slurm_config(tmp_path), **opts)
     msg = str(e.value)
     m = re.fullmatch(r"SLURM job (\d+) \(sample .*x\.npz\) failed: AdaschedError: schedule file not found: "
                      r"\S+missing\.json; log: (\S+_log\.err)", msg)
@@ -415,7 +406,7 @@ def test_cancelled_job_fails_with_one_line(slurm_cluster, inputs, tmp_path, job_
     monkeypatch.setattr(dispatch, "_RESULT_GRACE_S", 1.0)
     out = tmp_path / "out.npz"
     d = dispatch.Dispatcher.from_config(slurm_config(tmp_path))
-    t, box = in_background(d.run, SlowSampleJob(sample_options(inputs, out, num=192)), name="cancelled")
+    t, box = in_background(d.run, job("sample", sample_options(inputs, out, num=192), progress=Slow()), name="cancelled")
     wait_for(lambda: batches_on_disk(out) >= 1, what="a batch")
     job_id = running_job(slurm_cluster, tmp_path)
     subprocess.run(["scancel", job_id], check=True)
@@ -438,7 +429,7 @@ def test_interrupted_waiting_cancels_the_job(slurm_cluster, inputs, tmp_path, jo
 
     threading.Thread(target=terminate_when_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        d.run(SlowSampleJob(sample_options(inputs, out, num=192)), name="terminated")
+        d.run(job("sample", sample_options(inputs, out, num=192), progress=Slow()), name="terminated")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
     job_id = next((tmp_path / "slurm-logs").glob("[0-9]*")).name
     state = wait_for(lambda: dict(slurm_cluster.squeue()).get(job_id) in ("CANCELLED", None), timeout=30,
@@ -451,9 +442,9 @@ def test_scontrol_requeue_resumes_without_loss_or_duplicates(slurm_cluster, inpu
     """SLURM kills and requeues the job (as after a node failure or `scontrol requeue`); it starts again
     from the submitted pickle and resumes from the batches on disk."""
     ref, out = tmp_path / "ref.npz", tmp_path / "out.npz"
-    dispatch.SampleJob(sample_options(inputs, ref, num=192))()
+    job("sample", sample_options(inputs, ref, num=192))()
     d = dispatch.Dispatcher.from_config(slurm_config(tmp_path))
-    t, box = in_background(d.run, SlowSampleJob(sample_options(inputs, out, num=192)), name="requeue")
+    t, box = in_background(d.run, job("sample", sample_options(inputs, out, num=192), progress=Slow()), name="requeue")
     wait_for(lambda: batches_on_disk(out) >= 3, what="three batches")
     job_id = running_job(slurm_cluster, tmp_path)
     slurm_cluster.scontrol("requeue", job_id)
@@ -470,9 +461,9 @@ def test_preempted_probe_checkpoints_requeues_and_resumes(slurm_cluster, inputs,
     """submitit's preemption: SIGTERM then USR2 (what `job._interrupt()` sends); the job checkpoints
     (DelayedSubmission of itself), requeues itself and resumes from the probe file it topped up."""
     ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
-    dispatch.ProbeJob(probe_options(inputs, ref, samples=64))()
+    job("probe", probe_options(inputs, ref, samples=64))()
     d = dispatch.Dispatcher.from_config(slurm_config(tmp_path))
-    t, box = in_background(d.run, SlowProbeJob(probe_options(inputs, out, samples=64)), name="preempt")
+    t, box = in_background(d.run, job("probe", probe_options(inputs, out, samples=64), progress=Slow()), name="preempt")
     h5 = dispatch.partial_dir(out) / "probes.h5"
     wait_for(lambda: h5.exists() and read_probes(h5).samples >= 16, what="two probe batches")
     job_id = running_job(slurm_cluster, tmp_path)
@@ -495,10 +486,11 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, inputs, tmp_
     `signal_delay_s` + 30 s before the limit: with 20 s, 10 to 40 s after the start (after Python's start-up;
     a USR2 before submitit's handler is installed would kill the job).  The first run lasts over 45 s."""
     ref, out = tmp_path / "ref.npz", tmp_path / "out.npz"
-    dispatch.SampleJob(sample_options(inputs, ref, num=448))()
+    job("sample", sample_options(inputs, ref, num=448))()
     cfg = slurm_config(tmp_path, time_min=1, signal_delay_s=20, max_num_timeout=4)
     d = dispatch.Dispatcher.from_config(cfg)
-    t, box = in_background(d.run, VerySlowSampleJob(sample_options(inputs, out, num=448)), name="timeout")
+    t, box = in_background(d.run, job("sample", sample_options(inputs, out, num=448), progress=Slow(0.75)),
+                           name="timeout")
     job_id = wait_for(lambda: running_job(slurm_cluster, tmp_path), what="the job to start")
     finish(t, box)
     text = job_log(tmp_path, job_id)
@@ -512,7 +504,7 @@ def test_sweep_is_one_array_with_the_configured_parallelism(slurm_cluster, input
     cfg = slurm_config(tmp_path, array_parallelism=1)
     d = dispatch.Dispatcher.from_config(cfg)
     outs = [tmp_path / f"nfe{n}-{s}.npz" for n, s in ((9, 0), (11, 0), (9, 1))]
-    jobs = [dispatch.SampleJob(sample_options(inputs, o, nfe=n, num=24) | {"seed_start": 100 * s})
+    jobs = [job("sample", sample_options(inputs, o, nfe=n, num=24) | {"seed_start": 100 * s})
             for o, (n, s) in zip(outs, ((9, 0), (11, 0), (9, 1)))]
     seen = []
     stop = threading.Event()
@@ -525,7 +517,7 @@ def test_sweep_is_one_array_with_the_configured_parallelism(slurm_cluster, input
     w = threading.Thread(target=watch, daemon=True)
     w.start()
     try:
-        assert d.map(dispatch.call, jobs, outputs=outs, name="sweep") == [str(o) for o in outs]
+        assert d.run_all(jobs, name="sweep") == [str(o) for o in outs]
     finally:
         stop.set()
         w.join()
@@ -533,14 +525,14 @@ def test_sweep_is_one_array_with_the_configured_parallelism(slurm_cluster, input
     array = re.search(r"#SBATCH --array=(\S+)", next((tmp_path / "slurm-logs").glob("*/*_submission.sh")).read_text())
     assert array[1] == "0-2%1"
     for o, j in zip(outs, jobs):
-        dispatch.SampleJob(j.options | {"output": str(tmp_path / "ref.npz")})()
+        job("sample", j.kwargs | {"output": str(tmp_path / "ref.npz")})()
         assert_same_samples(tmp_path / "ref.npz", o)
     # A second run with the same inputs submits nothing; a changed input reruns its shard only.
     n_logs = len(list((tmp_path / "slurm-logs").iterdir()))
-    assert d.map(dispatch.call, jobs, outputs=outs, name="sweep") == [str(o) for o in outs]
+    assert d.run_all(jobs, name="sweep") == [str(o) for o in outs]
     assert len(list((tmp_path / "slurm-logs").iterdir())) == n_logs
-    jobs[2] = dispatch.SampleJob(jobs[2].options | {"num": 16})
-    d.map(dispatch.call, jobs, outputs=outs, name="sweep")
+    jobs[2] = job("sample", jobs[2].kwargs | {"num": 16})
+    d.run_all(jobs, name="sweep")
     with np.load(outs[2]) as z:
         assert z["samples"].shape[0] == 16
 
@@ -556,10 +548,10 @@ def test_class_labels_of_a_conditional_model_survive_batches_and_shards(inputs, 
     so = sample_options(inputs, tmp_path / "job.npz", num=20) | {"model": "condgauss:three"}
     assert cli(["sample", *[f"--{k.replace('_', '-')}={v}" for k, v in so.items() if k != "output"],
                 "-o", str(tmp_path / "cli.npz")]) == 0
-    dispatch.SampleJob(so)()
+    job("sample", so)()
     sharded = tmp_path / "sharded.npz"
-    dispatch.stage("sample", tmp_path / "s.log", {"dispatch": {"executor": "local", "sample_shards": 3}},
-                   **(so | {"output": str(sharded)}))
+    run_here("sample", tmp_path / "s.log", {"dispatch": {"executor": "local", "sample_shards": 3}},
+             **(so | {"output": str(sharded)}))
     with np.load(tmp_path / "cli.npz") as ref:
         assert set(ref["labels"]) == {0, 1, 2} and ref["labels"].shape == (20,)
         for f in (tmp_path / "job.npz", sharded):

@@ -14,6 +14,7 @@ import torch
 from adasched.classifier import (FEATURE_DIM, confidence, digits_split, load_classifier, save_classifier,
                                  train_digits_classifier)
 from adasched.cli import main
+from clirun import run
 from adasched.data import digits
 from adasched.errors import AdaschedError, ModelError
 from adasched.models import load_model
@@ -30,11 +31,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def run(argv, capsys):
-    rc = main([str(a) for a in argv])
-    return rc, capsys.readouterr().err
 
 
 def _files(folder):
@@ -224,7 +220,7 @@ def test_resume_is_exact(tmp_path):
 def test_interrupted_training_leaves_no_model_but_a_resumable_checkpoint(tmp_path):
     out, ck = tmp_path / "m.safetensors", tmp_path / "ck.safetensors"
 
-    def stop(step, loss):
+    def stop(task, step, total):
         if step == 4:
             raise KeyboardInterrupt
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import yaml
 
-from adasched.cli import cli_argv
 from adasched.errors import AdaschedError
 from adasched.probe import read_probes
+from adasched.stages import bind
 from adasched.workflow import (KINDS, METHODS, PLOTS, SOLVERS, Sweep, metric_rows, parse_cell,
                                write_model_json, write_summary)
 
@@ -92,44 +92,50 @@ def validated(config: dict) -> dict:
 # -------------------------------------------------------------------------------------------- unit tests
 
 
-def test_cli_argv_maps_options_to_flags():
-    argv = cli_argv("sample", {"model": "gmm:m.json", "seed_start": 0, "trust_pickle": True, "offline": False,
-                               "probes": None, "samples": ["a.npz", "b.npz"], "output": "o.npz"})
-    assert argv == ["sample", "--model", "gmm:m.json", "--seed-start", "0", "--trust-pickle",
-                    "--samples", "a.npz", "b.npz", "-o", "o.npz"]
-
-
-def test_cli_argv_matches_the_cli_parser():
-    """Every option the Sweep hands a rule is a flag the ``adasched`` parser accepts."""
-    from adasched.cli import build_parser
-
-    sweep = Sweep(validated(TINY))
-    parser = build_parser()
+def test_every_stage_option_the_sweep_hands_a_rule_binds_to_the_stage():
+    """What the rules pass (the Sweep's options plus the files and wildcards a rule adds) is exactly what the stage
+    functions take: bound to their signatures, with the wildcards' text turned into numbers."""
+    sweep = Sweep(validated(dict(TINY, solver_options={"ipndm": {"max_order": 3}})))
     for method in METHODS:
-        parser.parse_args(cli_argv("schedule", dict(method=method, solver="heun", nfe=5, probes="p.h5", output="o",
-                                                    **sweep.schedule_options("mix2d", method))))
-    parser.parse_args(cli_argv("sample", dict(schedule="s.json", solver="heun", output="o",
-                                              **sweep.sample_options("mix2d"))))
-    parser.parse_args(cli_argv("evaluate", dict(samples="s.npz", output="o", **sweep.evaluate_options("mix2d"))))
+        got = bind("schedule", dict(method=method, solver="ipndm", nfe="5", probes="p.h5", output="o",
+                                    **sweep.schedule_options("mix2d", method, "ipndm")))
+        assert got["nfe"] == 5 and got["solver_options"] == {"max_order": 3}
+    got = bind("sample", dict(schedule="s.json", solver="ipndm", output="o", **sweep.sample_options("mix2d", "ipndm")))
+    assert got["solver_options"] == {"max_order": 3} and got["batch"] == 256  # config.yaml sets none: the stage's
+    bind("evaluate", dict(samples="s.npz", output="o", **sweep.evaluate_options("mix2d")))
     for cost in ("corrector", "predictor"):
-        parser.parse_args(cli_argv("probe", dict(output="o", **sweep.probe_options("mix2d", cost))))
-    digits = Sweep(validated(dict(TINY, models={"d": {"kind": "trained-digits", "train": {}}})))
-    parser.parse_args(cli_argv("train", dict(data="digits", output="o", **digits.train_options("d"))))
-    parser.parse_args(cli_argv("schedule", dict(method="online", solver="heun", nfe=5, output="o",
-                                                **digits.schedule_options("d", "online"))))
-    parser.parse_args(cli_argv("evaluate", dict(samples="s.npz", output="o", classifier="c",
-                                                **digits.evaluate_options("d"))))
+        assert bind("probe", dict(output="o", **sweep.probe_options("mix2d", cost)))["resume"] is True
+    digits = Sweep(validated(dict(TINY, models={"d": {"kind": "trained-digits", "train": {"steps": 7}}})))
+    got = bind("train", dict(output="o", **digits.train_options("d")))
+    assert got["config"].steps == 7 and got["config"].online_schedule is True and got["threads"] == 1
+    bind("schedule", dict(method="online", solver="heun", nfe=5, output="o",
+                          **digits.schedule_options("d", "online", "heun")))
+    bind("evaluate", dict(samples="s.npz", output="o", classifier="c", **digits.evaluate_options("d")))
+
+
+def test_bind_refuses_what_the_stage_does_not_take():
+    with pytest.raises(AdaschedError, match=r"^sample: unknown option bacth; valid: model, schedule"):
+        bind("sample", {"bacth": 3}, partial=True)
+    with pytest.raises(AdaschedError, match=r"^schedule: option nfe expects int or nothing \(null\), got 'five'$"):
+        bind("schedule", {"nfe": "five"}, partial=True)
+    with pytest.raises(AdaschedError, match=r"^sample: option batch expects int, got True$"):
+        bind("sample", {"batch": True}, partial=True)
+    with pytest.raises(AdaschedError, match=r"^probe: missing option output"):
+        bind("probe", {"model": "gmm:m.json", "grid": 3})
 
 
 def test_schema_lists_the_library_choices():
-    from adasched.cli import PROBED_METHODS
     from adasched.samplers import SOLVERS as LIBRARY_SOLVERS
-    from adasched.schedules import CLOSED_FORM
+    from adasched.stages import METHODS as STAGE_METHODS
 
     schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
     assert schema["$defs"]["method"]["enum"] == list(METHODS)
-    assert set(METHODS) <= set(CLOSED_FORM) | set(PROBED_METHODS) | {"online"}
-    assert schema["$defs"]["solvers"]["propertyNames"]["enum"] == list(SOLVERS)
+    assert set(METHODS) <= set(STAGE_METHODS)
+    assert schema["$defs"]["solver"]["enum"] == list(SOLVERS)
+    options = schema["properties"]["solver_options"]["properties"]
+    assert list(options) == list(LIBRARY_SOLVERS)
+    for name, solver in LIBRARY_SOLVERS.items():  # each solver's keyword options, no more, no fewer
+        assert list(options[name].get("properties", {})) == list(solver.options), name
     assert schema["$defs"]["model"]["properties"]["kind"]["enum"] == list(KINDS)
     assert set(SOLVERS) <= set(LIBRARY_SOLVERS)
 
@@ -218,8 +224,12 @@ def test_sweep_cells_paths_and_params():
     assert sweep.path("samples", "mix2d", "edm", "heun", 5) == "results/mix2d/samples/edm/heun-nfe5.npz"
     assert sweep.spec("mix2d") == "gmm:results/mix2d/model.json"
     # A schedule's params hold what changes it, and only that: rho reaches edm only, probes never closed forms.
-    assert sweep.schedule_options("mix2d", "edm")["rho"] == 7.0
-    assert "rho" not in sweep.schedule_options("mix2d", "score-optimal")
+    assert sweep.schedule_options("mix2d", "edm", "heun")["rho"] == 7.0
+    assert "rho" not in sweep.schedule_options("mix2d", "score-optimal", "heun")
+    assert sweep.pattern("samples") == "results/{model}/samples/{method}/{solver}-nfe{nfe}.npz"
+    assert sweep.log_pattern("metrics") == "results/logs/{model}/metrics/{method}/{solver}-nfe{nfe}.log"
+    assert parse_cell(sweep.path("metrics", "mix2d", "edm", "heun", 5)) == \
+        {"model": "mix2d", "method": "edm", "solver": "heun", "nfe": 5}
     assert sweep.schedule_inputs("mix2d", "edm") == {}
     assert sweep.schedule_inputs("mix2d", "score-optimal-po") == {"probes": "results/mix2d/probes-po.h5"}
     assert sweep.schedule_inputs("mix2d", "solver-aware") == {"probes": "results/mix2d/probes.h5",
@@ -337,23 +347,36 @@ def test_dry_run_digits_model(tmp_path):
     assert got["sample"] == 8 + 1  # the sweep and the 35-NFE reference
 
 
-def test_config_errors_stop_before_any_job(tmp_path):
-    out = snakemake(tmp_path, "-n", config=dict(TINY, solvers={"heun": [4]}), check=False)
+@pytest.mark.parametrize("change, line", [
+    ({"solvers": {"heun": [4]}}, "solvers.heun: solver 'heun' cannot spend exactly 4 evaluations"),
+    ({"sample": {"nmu": 3}}, "sample: unknown key nmu; allowed: num, seed_start, batch, dtype, device, keep"),
+    ({"sample": {"batch": "many"}}, "sample.batch: 'many' is not of type 'integer'"),
+    ({"solver_options": {"ipndm": {"max_ordr": 3}}}, "solver_options.ipndm: unknown key max_ordr; allowed: max_order"),
+    ({"solver_options": {"ipndm": {"max_order": "3"}}}, "solver_options.ipndm.max_order: '3' is not of type 'integer'"),
+    ({"solver_options": {"heun": {"S_churn": 1}}}, "solver_options.heun: unknown key S_churn; allowed: none"),
+    ({"bogus": 1}, "config: unknown key bogus; allowed: results, gpus, models"),
+    ({"models": {"m": {"kind": "gmm", "gmm": dict(MIX2D, weights=[0.2, 0.3, 0.1, 0.5])}}},
+     "models.m.gmm: 'weights' must sum to 1"),
+])
+def test_config_errors_stop_the_dry_run_in_one_line(tmp_path, change, line):
+    """A bad config fails `snakemake -n` with one line naming the key, before any job: the schema's errors, the
+    stages' options and the analytic targets are all checked while the plan is built."""
+    out = snakemake(tmp_path, "-n", config=dict(TINY, **change), check=False)
     assert out.returncode != 0
-    assert "solvers.heun: solver 'heun' cannot spend exactly 4 evaluations" in out.stdout + out.stderr
-    out = snakemake(tmp_path, "-n", config=dict(TINY, sample={"nmu": 3}), check=False)
-    assert out.returncode != 0 and "('nmu' was unexpected)" in out.stdout + out.stderr
-    assert not (tmp_path / "results").exists()
+    errors = [ln for ln in (out.stdout + out.stderr).splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("adasched: config error: ") and line in errors[0], errors
+    assert "Traceback" not in out.stderr and not (tmp_path / "results").exists()
 
 
 def test_lint(tmp_path):
-    """`snakemake --lint`: the only lint left is "Specify a conda environment or container for each rule",
-    justified in the Snakefile (the workflow runs in the project's pip venv; see docs/workflow.md)."""
+    """`snakemake --lint`: the only lint left is "Specify a conda environment or container for each rule" (of the
+    script rules; `run:` rules cannot have one), justified in the Snakefile (the workflow runs in the project's pip
+    venv; see docs/workflow.md)."""
     out = snakemake(tmp_path, "--lint", config=dict(TINY, models={
         "m": {"kind": "gmm", "gmm": MIX2D}, "d": {"kind": "trained-digits", "train": {}},
         "e": {"kind": "edm", "edm": "edm-cifar10-32x32-cond-vp"}}, evaluate={"fid": {}}), check=False)
     text = out.stdout + out.stderr
-    assert "Lints for rule train" in text and "Lints for rule download_edm" in text  # every rule was linted
+    assert "Lints for rule classifier" in text and "Lints for rule download_edm" in text  # every rule was linted
     lints = set(re.findall(r"^\s+\* (.+?):$", text, flags=re.M))
     assert lints <= {"Specify a conda environment or container for each rule."}, text[-3000:]
 
@@ -385,7 +408,8 @@ def test_end_to_end_outputs(tiny_run):
     # Long stages log their progress into the rules' log files, which name the executor.
     probe_log = (results / "logs/mix2d/probes.log").read_text()
     assert "[executor: local]" in probe_log and "now has 16 samples per interval" in probe_log
-    assert "sample: 1/1 batches done" in (results / "logs/mix2d/samples/edm/euler-nfe3.log").read_text()
+    assert "probe: 16/16 (100%)" in probe_log
+    assert "sample: 32/32 (100%)" in (results / "logs/mix2d/samples/edm/euler-nfe3.log").read_text()
 
 
 def test_rerun_nothing_changed(tiny_run):

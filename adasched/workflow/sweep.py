@@ -1,14 +1,13 @@
-"""Helpers the Snakemake workflow's rules and scripts call (``Snakefile``, ``rules/*.smk``, ``scripts/``).
+"""The experiment a workflow config describes (:class:`Sweep`): which cells exist, where their files go, and
+the keyword arguments of every stage a rule runs.
 
-The workflow's own logic lives here so that it is unit-tested; rules only wire files and scripts only unpack
-``snakemake.input``/``params`` and call one function.  :class:`Sweep` reads a config that has passed
-``schemas/config.schema.yaml`` and answers every question a rule asks: which cells (model, schedule method,
-solver, NFE) exist, where their files go, which inputs and ``params`` each job has.  Its constructor checks what
-a JSON schema cannot (an NFE a solver cannot spend exactly, a target given both inline and as a file, a probe
-range that does not cover the schedules), so a bad config fails before any job runs, with one line naming the
-problem.
+:class:`Sweep` reads a config that has passed ``schemas/config.schema.yaml`` and answers every question a rule
+asks.  Its constructor checks what a JSON schema cannot -- an NFE a solver cannot spend exactly, an analytic
+target that is not one, a probe range that does not cover the schedules, and every stage's options against
+that stage's signature (:func:`adasched.stages.bind`) -- so a bad config fails while Snakemake builds its plan
+(``snakemake -n`` too), before any job runs, with one line naming the key.
 
-File layout under ``results`` (``design.md``, "Data flow")::
+File layout under ``results`` (``design.md``, "Data flow"); :data:`CELL` is the one pattern of a cell file::
 
     <model>/model.json | model.safetensors                analytic target definition | trained network
     <model>/probes.h5, <model>/probes-po.h5               corrector / predictor cost probes
@@ -16,41 +15,87 @@ File layout under ``results`` (``design.md``, "Data flow")::
     <model>/samples/<method>/<solver>-nfe<N>.npz          samples NPZ
     <model>/metrics/<method>/<solver>-nfe<N>.json         metrics JSON
     summary.csv, plots/<model>-<plot>.png, report.html    what people look at
+    logs/<the same paths>.log                              each job's log
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
-import os
 import re
-import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from snakemake.utils import validate
+
+from adasched.edm import default_cache_dir, parse_spec
 from adasched.errors import AdaschedError
+from adasched.fid import INCEPTION_FILENAME, reference_resource
+from adasched.registry import MODELS, get_model
+from adasched.samplers import SOLVERS as LIBRARY_SOLVERS
+from adasched.samplers import steps_for_nfe
+from adasched.stages import PROBED_METHODS, bind
+from adasched.targets import GaussianMixture, PowerLawGaussian
+from adasched.io import read_json
 
-__all__ = ["Sweep", "run_stage", "logging_to", "write_model_json", "metric_rows", "write_summary", "read_summary",
-           "parse_cell", "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "SUMMARY_FIELDS"]
+__all__ = ["Sweep", "validate_config", "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "CELL", "cell_path", "parse_cell"]
 
 log = logging.getLogger(__name__)
 
 #: Schedule methods the workflow sweeps (``adasched schedule --method``).
 METHODS = ("edm", "loglinear", "kl-optimal", "score-optimal", "score-optimal-po", "solver-aware", "online")
-#: Solvers the workflow sweeps (deterministic ones: every schedule is compared on the same ODE).
-SOLVERS = ("euler", "heun", "dpmpp-2m", "ipndm")
+#: Solvers the workflow can sweep: every solver of the library (the stochastic ones draw their noise per seed).
+SOLVERS = tuple(LIBRARY_SOLVERS)
 #: Model kinds whose exact solution is known (``gmm:``, ``powerlaw:`` SPECs of a ``model.json``).
 ANALYTIC_KINDS = ("gmm", "powerlaw")
 KINDS = ANALYTIC_KINDS + ("edm", "trained-digits")
 #: The probe file each probed method reads (the corrector cost, or the predictor cost for ``-po``).
-PROBES = {"score-optimal": "probes.h5", "solver-aware": "probes.h5", "score-optimal-po": "probes-po.h5"}
+PROBES = {method: "probes.h5" if cost == "corrector" else "probes-po.h5" for method, cost in PROBED_METHODS.items()}
 #: Figures per model: ``plots/<model>-<name>.png``.
 PLOTS = ("quality", "schedules", "lambda", "samples")
-SUMMARY_FIELDS = ("model", "method", "solver", "nfe", "metric", "value", "num_samples")
+#: The one pattern of a cell's file (stage ``schedules``, ``samples`` or ``metrics``), relative to ``results``.
+CELL = "{model}/{stage}/{method}/{solver}-nfe{nfe}.{ext}"
+_EXT = {"schedules": "json", "samples": "npz", "metrics": "json"}
+_CELL = re.compile(re.escape(CELL).replace(r"\{model\}", "(?P<model>[^/]+)")
+                   .replace(r"\{stage\}", "(?P<stage>schedules|samples|metrics)")
+                   .replace(r"\{method\}", "(?P<method>[^/]+)").replace(r"\{solver\}", "(?P<solver>[^/]+)")
+                   .replace(r"\{nfe\}", r"(?P<nfe>\d+)").replace(r"\{ext\}", "(?:json|npz)") + "$")
+#: Stages that run in a process of their own even where dispatch says local: long, Python-bound work that
+#: would hold Snakemake's interpreter lock against every other job (see :func:`adasched.workflow.run_stage`).
+_OWN_PROCESS = ("probe", "train")
 
-_CELL = re.compile(r"(?P<model>[^/]+)/(?P<stage>schedules|samples|metrics)/(?P<method>[^/]+)/"
-                   r"(?P<solver>[^/]+)-nfe(?P<nfe>\d+)\.(?:json|npz)$")
+
+def validate_config(config: dict, schema: str | Path) -> None:
+    """Check ``config`` against the workflow's JSON schema and fill in its defaults (Snakemake's ``validate``);
+    a violation is one :class:`AdaschedError` line naming the key and, for an unknown key, the allowed ones."""
+    rules = yaml.safe_load(Path(schema).read_text())
+    error = best_match(Draft202012Validator(rules).iter_errors(config))
+    if error is not None:
+        where = ".".join(map(str, error.absolute_path)) or "config"
+        if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
+            allowed = list(error.schema.get("properties", {}))
+            unknown = [k for k in error.instance if k not in allowed]
+            raise AdaschedError(f"{where}: unknown key {', '.join(map(str, unknown))}; allowed: "
+                                f"{', '.join(allowed) or 'none'}")
+        raise AdaschedError(f"{where}: {error.message}")
+    validate(config, str(schema))
+
+
+def cell_path(results: str, stage: str, model: str, method: str, solver: str, nfe: int | str) -> str:
+    """``<results>/<model>/<stage>/<method>/<solver>-nfe<N>.<json|npz>`` (wildcards such as ``{model}`` pass
+    through, so this also makes the rules' patterns)."""
+    return f"{results}/" + CELL.format(model=model, stage=stage, method=method, solver=solver, nfe=nfe,
+                                       ext=_EXT[stage])
+
+
+def parse_cell(path) -> dict:
+    """``{"model", "method", "solver", "nfe"}`` of a cell file ``.../<model>/<stage>/<method>/<solver>-nfe<N>``."""
+    m = _CELL.search(Path(path).as_posix())
+    if not m:
+        raise AdaschedError(f"{path} is not a cell file (<model>/<stage>/<method>/<solver>-nfe<N>.json|npz)")
+    return {"model": m["model"], "method": m["method"], "solver": m["solver"], "nfe": int(m["nfe"])}
 
 
 class Sweep:
@@ -69,19 +114,19 @@ class Sweep:
     # ------------------------------------------------------------------------------------------- checks
 
     def _check(self) -> None:
-        from adasched.samplers import steps_for_nfe
-
         for name, m in self.models.items():
             where = f"models.{name}"
             if m["kind"] in ANALYTIC_KINDS and (m["kind"] in m) == ("path" in m):
                 raise AdaschedError(f"{where}: give the {m['kind']} target inline ({m['kind']}: ...) or as "
                                     f"path: FILE.json, exactly one of the two")
+            if m["kind"] in ANALYTIC_KINDS:
+                self._check_target(name)
             if m["kind"] == "trained-digits" and "train" not in m:
                 raise AdaschedError(f"{where}: a trained-digits model needs a train: block")
             for solver, nfes in self.solvers(name).items():
                 for nfe in nfes:
                     try:
-                        steps_for_nfe(solver, nfe)
+                        steps_for_nfe(solver, nfe, **self.solver_options(solver))
                     except AdaschedError as e:
                         key = f"{where}.solvers" if "solvers" in m else "solvers"
                         raise AdaschedError(f"{key}.{solver}: {e}") from None
@@ -107,6 +152,43 @@ class Sweep:
                 raise AdaschedError(f"evaluate.reference: {e}") from None
         if any(m["kind"] == "edm" for m in self.models.values()) and not self.config["evaluate"].get("fid"):
             log.warning("EDM models without evaluate.fid get no image metric")
+        self._check_stage_options()
+
+    def _check_target(self, model: str) -> None:
+        """An analytic target must be one (weights summing to 1, matching dimensions, ...): checked here, so
+        that the dry run refuses it, not the job that first loads it."""
+        m = self.models[model]
+        kind, where = m["kind"], f"models.{model}"
+        if "path" in m:
+            path = Path(m["path"])
+            if not path.is_file():  # Snakemake names the missing input file itself
+                return
+            definition, source = read_json(path, f"{kind} target file"), f"{where}.path ({path})"
+        else:
+            definition, source = m[kind], f"{where}.{kind}"
+        (GaussianMixture if kind == "gmm" else PowerLawGaussian).from_json(definition, source=source)
+
+    def _check_stage_options(self) -> None:
+        """Every option a rule will pass, bound to its stage's signature (types, names), before any job runs."""
+        for model in self.models:
+            for cost in self.probe_costs(model):
+                self._bind("probe", self.probe_options(model, cost), f"probe (models.{model})")
+            for method in self.methods(model):
+                for solver in self.solvers(model):
+                    self._bind("schedule", self.schedule_options(model, method, solver),
+                               f"schedule (models.{model}, {method}, {solver})")
+            for solver in self.solvers(model):
+                self._bind("sample", self.sample_options(model, solver), f"sample (models.{model}, {solver})")
+            self._bind("evaluate", self.evaluate_options(model), f"evaluate (models.{model})")
+            if self.kind(model) == "trained-digits":
+                self._bind("train", self.train_options(model), f"models.{model}.train")
+
+    @staticmethod
+    def _bind(stage: str, options: dict, where: str) -> None:
+        try:
+            bind(stage, options, partial=True)
+        except AdaschedError as e:
+            raise AdaschedError(f"{where}: {e}") from None
 
     # -------------------------------------------------------------------------------------------- sweep
 
@@ -123,8 +205,21 @@ class Sweep:
 
     def path(self, stage: str, model: str, method: str, solver: str, nfe: int | str) -> str:
         """``<results>/<model>/<stage>/<method>/<solver>-nfe<N>.<json|npz>`` for stage schedules, samples, metrics."""
-        ext = "npz" if stage == "samples" else "json"
-        return f"{self.results}/{model}/{stage}/{method}/{solver}-nfe{nfe}.{ext}"
+        return cell_path(self.results, stage, model, method, solver, nfe)
+
+    def pattern(self, stage: str) -> str:
+        """The rules' output pattern of a cell stage (``schedules``, ``samples``, ``metrics``), with wildcards."""
+        return self.path(stage, "{model}", "{method}", "{solver}", "{nfe}")
+
+    def log_pattern(self, stage: str) -> str:
+        """The rules' log pattern of a cell stage: the cell's path under ``<results>/logs/``, ending ``.log``."""
+        return cell_path(f"{self.results}/logs", stage, "{model}", "{method}", "{solver}", "{nfe}").rsplit(".", 1)[0] \
+            + ".log"
+
+    def in_thread(self, stage: str, method: str | None = None) -> bool:
+        """Whether a local job of ``stage`` may run in a thread of the Snakemake process: not the long,
+        Python-bound ones (probe, train, the solver-aware fit), which get a process of their own."""
+        return stage not in _OWN_PROCESS and not (stage == "schedule" and method == "solver-aware")
 
     def metric_files(self, model: str | None = None) -> list[str]:
         models = [model] if model else list(self.models)
@@ -170,18 +265,12 @@ class Sweep:
 
     def _edm_source(self, model: str) -> tuple[str, str | None]:
         """``(source, registry name or None)`` of an EDM model's ``edm:`` SPEC (pin stripped)."""
-        from adasched.edm import parse_spec
-        from adasched.registry import MODELS
-
         source, _ = parse_spec(self.models[model]["edm"])
         stem = source[:-4] if source.endswith(".pkl") else source
         return source, stem if stem in MODELS else None
 
     def _edm_pickle(self, model: str) -> tuple[str, bool]:
         """``(path of the pickle, whether a rule downloads it)`` for an EDM model."""
-        from adasched.edm import default_cache_dir
-        from adasched.registry import get_model
-
         source, name = self._edm_source(model)
         if "://" in source:
             return str(default_cache_dir() / (source.rstrip("/").rsplit("/", 1)[-1] or "model.pkl")), True
@@ -218,20 +307,30 @@ class Sweep:
         return [m["path"]] if "path" in m else []
 
     def train_options(self, model: str) -> dict:
-        return dict(self.models[model]["train"])
+        """:func:`adasched.stages.train` options: the ``train`` block's network and learner settings as the
+        stage's ``config`` (:class:`adasched.train.TrainConfig`), its ``device`` and ``threads``."""
+        config = dict(self.models[model]["train"])
+        run = {k: config.pop(k) for k in ("device", "threads") if k in config}
+        return {"config": {"data": "digits", **config}, **run}
 
     # -------------------------------------------------------------------------------------------- probe
 
     def probe_options(self, model: str, cost: str) -> dict:
-        """``adasched probe`` options for the ``corrector`` (``probes.h5``) or ``predictor`` cost."""
+        """:func:`adasched.stages.probe` options for the ``corrector`` (``probes.h5``) or ``predictor`` cost: the
+        file is built resumably (``resume``) up to ``samples`` per interval."""
         p = self.config["probe"]
         own = dict(p[cost])
         opts = {"model": self.spec(model), "data": self.data(model), "cost": cost, "grid": own.pop("grid"),
-                "samples": own.pop("samples"), "batch": own.pop("batch", p["batch"]), **own,
-                **{k: p[k] for k in ("spacing", "seed", "sigma_min", "sigma_max", "weighting", "device")}}
+                "total_samples": own.pop("samples"), "batch": own.pop("batch", p["batch"]), **own,
+                **{k: p[k] for k in ("spacing", "seed", "sigma_min", "sigma_max", "weighting", "device")},
+                "resume": True}
         if self.kind(model) == "edm" and self.models[model].get("trust_pickle"):
             opts["trust_pickle"] = True
         return opts
+
+    def probe_costs(self, model: str) -> list[str]:
+        """The probed costs of ``model``: always the corrector's (Lambda plot), the predictor's if swept."""
+        return ["corrector"] + (["predictor"] if "score-optimal-po" in self.methods(model) else [])
 
     def data(self, model: str) -> str:
         m = self.models[model]
@@ -240,10 +339,8 @@ class Sweep:
 
     def probes_needed(self, model: str) -> list[str]:
         """Probe files of ``model``: always the corrector cost (Lambda plot), the predictor cost if swept."""
-        out = [f"{self.results}/{model}/probes.h5"]
-        if "score-optimal-po" in self.methods(model):
-            out.append(f"{self.results}/{model}/probes-po.h5")
-        return out
+        names = {"corrector": "probes.h5", "predictor": "probes-po.h5"}
+        return [f"{self.results}/{model}/{names[cost]}" for cost in self.probe_costs(model)]
 
     # ----------------------------------------------------------------------------------------- schedule
 
@@ -255,12 +352,17 @@ class Sweep:
             out["model"] = self.model_file(model)[0]
         return out
 
-    def schedule_options(self, model: str, method: str) -> dict:
-        """The ``adasched schedule`` options that change a ``method`` schedule (and nothing else)."""
+    def solver_options(self, solver: str) -> dict:
+        """The config's ``solver_options`` of ``solver`` (its keyword options: ``max_order``, ``S_churn``, ...)."""
+        return dict(self.config.get("solver_options", {}).get(solver) or {})
+
+    def schedule_options(self, model: str, method: str, solver: str) -> dict:
+        """The :func:`adasched.stages.schedule` options that change a ``method`` schedule for ``solver``."""
         s = self.config["schedule"]
+        opts: dict[str, Any] = {"solver_options": self.solver_options(solver)}
         if method == "online":  # the learned levels, their range included, come from the model file
-            return {"model": self.spec(model)}
-        opts: dict[str, Any] = {"sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"]}
+            return {**opts, "model": self.spec(model)}
+        opts.update(sigma_min=s["sigma_min"], sigma_max=s["sigma_max"])
         if method == "edm":
             opts["rho"] = s["rho"]
         if method == "solver-aware":
@@ -270,10 +372,13 @@ class Sweep:
 
     # ------------------------------------------------------------------------------------------- sample
 
-    def sample_options(self, model: str) -> dict:
+    def sample_options(self, model: str, solver: str) -> dict:
+        """The :func:`adasched.stages.sample` options of ``model``'s cells for ``solver``."""
         s = self.config["sample"]
-        opts = {"model": self.spec(model), "num": s["num"], "seed_start": s["seed_start"], "batch": s["batch"],
-                "dtype": s["dtype"], "device": s["device"]}
+        opts = {"model": self.spec(model), "num": s["num"], "seed_start": s["seed_start"], "dtype": s["dtype"],
+                "device": s["device"], "solver_options": self.solver_options(solver)}
+        if "batch" in s:  # else the stage's default
+            opts["batch"] = s["batch"]
         if self.kind(model) == "edm" and self.models[model].get("trust_pickle"):
             opts["trust_pickle"] = True
         return opts
@@ -298,8 +403,6 @@ class Sweep:
         fid = self.config["evaluate"].get("fid")
         if not fid or self.kind(model) != "edm":
             return []
-        from adasched.fid import INCEPTION_FILENAME, reference_resource
-
         res = reference_resource(self.fid_ref(model), fid["protocol"])
         folder = fid["resources"].rstrip("/")
         return [f"{folder}/{INCEPTION_FILENAME}"] + ([f"{folder}/{res.filename}"] if res else [])
@@ -316,8 +419,6 @@ class Sweep:
 
     def fid_ref(self, model: str) -> str:
         """The model's ``fid_ref``, or the reference statistics the registry names for a registered EDM model."""
-        from adasched.registry import get_model
-
         if "fid_ref" in self.models[model]:
             return self.models[model]["fid_ref"]
         _, name = self._edm_source(model)
@@ -344,7 +445,7 @@ class Sweep:
         return out
 
     def evaluate_options(self, model: str) -> dict:
-        """The ``adasched evaluate`` options for ``model`` (input files are added by the script)."""
+        """The :func:`adasched.stages.evaluate` options for ``model`` (the rule adds the input files)."""
         kind, ev = self.kind(model), self.config["evaluate"]
         if kind in ANALYTIC_KINDS:
             return {"model": self.spec(model)}
@@ -392,131 +493,4 @@ class Sweep:
 def _middle(nfes: list[int]) -> int:
     """The middle NFE of a sweep (the lower of the two middle ones), where the figures look at one cell."""
     return sorted(nfes)[(len(nfes) - 1) // 2]
-
-
-# ------------------------------------------------------------------------------------------------ scripts
-
-
-def run_stage(command: str, log_path: str | os.PathLike, config: dict, **options) -> None:
-    """What the cell rules' ``run:`` blocks (schedule, sample, evaluate) call: :func:`adasched.dispatch.stage`.
-
-    There are hundreds of cell jobs, most of them milliseconds of work on an analytic target, while a new
-    Python with torch costs about 2 s of CPU; so local work runs right here, in the Snakemake process (a
-    thread of it under ``--force-use-threads``, which the workflow profile ``profiles/default`` sets).  Two
-    kinds of job get a child process instead, started through Snakemake's ``shell`` like a script job:
-    work dispatched elsewhere (SLURM), so that stopping Snakemake interrupts the wait and cancels the jobs;
-    and the solver-aware fit, seconds of Python-bound optimisation that would hold the interpreter lock
-    against every other job.
-    """
-    import json
-    import shlex
-    import sys
-
-    from adasched.dispatch import Dispatcher, stage
-
-    local = Dispatcher.from_config(config, stage=command).executor == "local"
-    if local and not (command == "schedule" and options.get("method") == "solver-aware"):
-        import torch
-
-        # One intra-op thread per job, as Snakemake counts them (threads: 1; it sets OMP_NUM_THREADS for the
-        # processes it starts, which it cannot do for a thread): --cores N runs N such jobs side by side.
-        torch.set_num_threads(1)
-        stage(command, log_path, config, **options)
-        return
-    from snakemake.shell import shell
-
-    block = {"results": config.get("results", ""), "dispatch": config.get("dispatch") or {}}
-    args = [sys.executable, "-m", "adasched.dispatch", command, str(log_path), json.dumps(block),
-            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in options.items()})]
-    # shell() formats its command with the job's variables: the JSON's braces are doubled to stay literal.
-    shell(" ".join(map(shlex.quote, args)).replace("{", "{{").replace("}", "}}"))
-
-
-@contextlib.contextmanager
-def logging_to(log_path: str | os.PathLike, append: bool = False):
-    """Send this thread's ``adasched`` log records (INFO and up) to ``log_path`` for a job's duration, and
-    stderr too when the job has the process to itself (its main thread: a script); a job running in a thread
-    of the Snakemake process leaves the shared stderr alone."""
-    from adasched.io import log_records_to
-
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    own_process = threading.current_thread() is threading.main_thread()
-    with open(log_path, "a" if append else "w") as f, log_records_to(f):
-        with contextlib.redirect_stderr(f) if own_process else contextlib.nullcontext():
-            yield f
-
-
-def write_model_json(kind: str, output: str | os.PathLike, definition: dict | None = None,
-                     path: str | os.PathLike | None = None) -> None:
-    """Validate an analytic target (inline ``definition`` or the JSON file at ``path``) and write it to ``output``
-    in the form its SPEC reads (``gmm:`` / ``powerlaw:``)."""
-    from adasched.io import read_json, write_json
-    from adasched.targets import GaussianMixture, PowerLawGaussian
-
-    if (definition is None) == (path is None):
-        raise AdaschedError("give exactly one of an inline definition or a path")
-    obj = definition if definition is not None else read_json(path, f"{kind} target file")
-    source = str(path) if path is not None else f"inline {kind} target"
-    if kind == "gmm":
-        out = GaussianMixture.from_json(obj, source=source).to_json()
-    elif kind == "powerlaw":
-        PowerLawGaussian.from_json(obj, source=source)
-        out = dict(obj)
-    else:
-        raise AdaschedError(f"not an analytic kind: {kind!r}; valid: {', '.join(ANALYTIC_KINDS)}")
-    write_json(output, out)
-
-
-def fetch_fid_resources(refs: Iterable[str], protocol: str, folder: str | os.PathLike) -> list[Path]:
-    """Fetch (or verify) the Inception weights and the downloadable reference statistics into ``folder``
-    (:func:`adasched.fid.ensure_resource`: hash-checked, recorded in the folder's lock file)."""
-    from adasched.fid import ensure_resource, inception_resource, reference_resource
-
-    resources = [inception_resource()] + [r for r in (reference_resource(ref, protocol) for ref in refs) if r]
-    out = []
-    for r in resources:
-        log.info("fetching %s", r.name)
-        out.append(ensure_resource(r, folder))
-    return out
-
-
-# -------------------------------------------------------------------------------------------------- summary
-
-
-def parse_cell(path: str | os.PathLike) -> dict:
-    """``{"model", "method", "solver", "nfe"}`` of a cell file ``.../<model>/<stage>/<method>/<solver>-nfe<N>``."""
-    m = _CELL.search(Path(path).as_posix())
-    if not m:
-        raise AdaschedError(f"{path} is not a cell file (<model>/<stage>/<method>/<solver>-nfe<N>.json|npz)")
-    return {"model": m["model"], "method": m["method"], "solver": m["solver"], "nfe": int(m["nfe"])}
-
-
-def metric_rows(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """One row per (model, method, solver, NFE, metric) of the metrics JSONs at ``paths``."""
-    from adasched.io import read_json
-
-    rows = []
-    for p in paths:
-        cell, d = parse_cell(p), read_json(p, "metrics file")
-        for name, value in d["metrics"].items():
-            rows.append({**cell, "metric": name, "value": float(value), "num_samples": int(d["num_samples"])})
-    return rows
-
-
-def write_summary(paths: Iterable[str | os.PathLike], output: str | os.PathLike) -> None:
-    """``summary.csv``: :func:`metric_rows` sorted by model, metric, method, solver and NFE (atomic)."""
-    from adasched.io import atomic_path
-
-    rows = sorted(metric_rows(paths), key=lambda r: (r["model"], r["metric"], r["method"], r["solver"], r["nfe"]))
-    with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "value": repr(r["value"])})
-
-
-def read_summary(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{**r, "nfe": int(r["nfe"]), "value": float(r["value"]), "num_samples": int(r["num_samples"])}
-                for r in csv.DictReader(f)]
 
