@@ -1,4 +1,4 @@
-"""Atomic file output, provenance, and where log records go.
+"""Atomic file output, file locks, provenance, and where log records go.
 
 Every file adasched writes goes to a temporary name in the target folder and is moved into place with
 :func:`os.replace` (:func:`atomic_path`), so a crash never leaves a half-written output behind:
@@ -11,11 +11,15 @@ Every file adasched writes goes to a temporary name in the target folder and is 
   write, from the main thread only;
 * a temporary file is named ``.NAME.HOST-PID-RANDOM.SUFFIX``: one that a killed run (SIGKILL) left behind is
   recognised by its name, this host and a PID that no longer runs, and removed by the next write to ``NAME``.
+
+:func:`exclusive_lock` is the one way to serialise writers across processes (``fcntl.flock``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -34,8 +38,8 @@ import numpy as np
 
 from adasched.errors import AdaschedError, Interrupted
 
-__all__ = ["atomic_path", "check_output", "write_json", "read_json", "save_npz", "provenance", "sha256_file",
-           "log_records_to"]
+__all__ = ["atomic_path", "check_output", "exclusive_lock", "write_json", "read_json", "save_npz", "provenance",
+           "sha256_file", "log_records_to"]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +184,71 @@ def check_output(path: str | os.PathLike) -> None:
         raise AdaschedError(f"output {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise AdaschedError(f"output {path}: no permission to write in {folder}")
+
+
+#: ``flock`` errors that mean the filesystem has no locks (Lustre mounted without ``flock``, some NFS setups).
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, busy: AdaschedError | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` for the block: a directory, or a sidecar lock file.
+
+    A lock file is created if missing and removed on release (while still held: a process that opened the old
+    one finds it gone and takes the new one).  While another process holds the lock, wait for it (with a log
+    line), or with ``busy`` given raise that error at once.  A filesystem without locks gets a warning and no
+    lock.  The kernel drops the lock of a killed process, so a stale lock file never blocks anyone.
+    """
+    path = Path(path)
+    directory = path.is_dir()
+    if not directory:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise _cannot("lock", path, e) from None
+        try:
+            locked = _flock(fd, path, busy)
+        except BaseException:
+            os.close(fd)
+            raise
+        if directory or not locked or _same_file(fd, path):
+            break
+        os.close(fd)  # the holder before us removed this lock file: take the current one
+    try:
+        yield
+    finally:
+        if not directory:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, path: Path, busy: AdaschedError | None) -> bool:
+    """Lock ``fd`` exclusively, at once or (unless ``busy``) after waiting; ``False`` if the filesystem cannot."""
+    for flags in (fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_EX):
+        try:
+            fcntl.flock(fd, flags)
+            return True
+        except BlockingIOError:
+            if busy is not None:
+                raise busy from None
+            log.info("waiting for %s: another process holds it", path)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise _cannot("lock", path, e) from None
+            log.warning("cannot lock %s, this filesystem has no file locks ([Errno %d] %s): going on unlocked",
+                        path, e.errno, e.strerror)
+            return False
+    raise AssertionError("a blocking flock returned neither the lock nor an error")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

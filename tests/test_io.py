@@ -1,4 +1,4 @@
-"""adasched.io: atomic outputs (failed, interrupted, killed), their file mode, where log records go."""
+"""adasched.io: atomic outputs (failed, interrupted, killed), their file mode, file locks, where log records go."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adasched.io import atomic_path, log_records_to, save_npz, write_json
+from adasched.errors import AdaschedError, DownloadError
+from adasched.io import atomic_path, exclusive_lock, log_records_to, save_npz, write_json
 from child_process import full_disk, python, run
 
 
@@ -174,3 +175,17 @@ def test_the_signal_handlers_chain_and_are_restored(tmp_path):
 
 class Handled(Exception):
     pass
+
+
+def test_exclusive_lock(tmp_path):
+    """flock conflicts between two opens of a file even in one process: a busy lock raises the given error."""
+    lock = tmp_path / "f.lock"
+    with exclusive_lock(lock):
+        assert lock.exists()
+        with pytest.raises(DownloadError, match="someone writes f"):  # an OSError, raised as it is
+            with exclusive_lock(lock, busy=DownloadError("someone writes f")):
+                pass
+    assert not lock.exists()  # removed on release
+    with exclusive_lock(tmp_path), pytest.raises(AdaschedError, match="busy folder"):  # a folder is locked itself
+        with exclusive_lock(tmp_path, busy=AdaschedError("busy folder")):
+            pass
