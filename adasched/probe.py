@@ -23,6 +23,12 @@ sum of squares are accumulated sample by sample in seed order (sequential float6
 Storage (one writer per file): after every batch the whole (small) file is rewritten to a temporary name,
 fsync'ed and moved into place with :func:`os.replace`, so a killed probe loses at most the batch in flight
 and never leaves a torn file.  HDF5 file locking is off (``locking=False``) for NFS/Lustre (ecosystem.md E).
+
+Model identity: a file records its model's content hash (``meta["model_hash"]``,
+:func:`adasched.models.content_hash`), and samples from a model of other content are refused, whatever its
+SPEC; the same model under another SPEC or path is accepted.  A file written before the hash was recorded
+(or a model with nothing to hash, a plain callable) is checked by the SPEC string and file sha256 instead,
+with a warning for the old file.  :func:`check_model` applies the same check for a schedule fitted to a model.
 """
 
 from __future__ import annotations
@@ -39,10 +45,13 @@ import numpy as np
 import torch
 
 from adasched.errors import AdaschedError, DataError, ScheduleError
+from adasched.io import atomic_path, provenance
+from adasched.models import content_hash
 
 __all__ = [
     "probe",
     "read_probes",
+    "check_model",
     "ProbeResult",
     "probe_grid",
     "corrector_costs",
@@ -69,8 +78,10 @@ WEIGHTINGS = ("lower", "upper")
 COSTS = ("corrector", "predictor")
 FORMAT = "adasched-probes"
 FORMAT_VERSION = 1
-#: Keys of ``meta`` that identify what was probed; a file refuses samples whose identity differs.
-IDENTITY_KEYS = ("model", "model_sha256", "data")
+#: Keys of ``meta`` that identify what was probed; a file refuses samples whose identity differs.  The model is
+#: known by ``model_hash`` (its content) where the file and the run have one, else by ``model`` (the SPEC) and
+#: ``model_sha256`` (its file's bytes).
+IDENTITY_KEYS = ("model", "model_sha256", "model_hash", "data")
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -420,8 +431,6 @@ def _write(path: Path, st: ProbeResult) -> None:
     """Write the whole store to a temporary file, fsync it and move it onto ``path`` (crash-safe)."""
     import h5py
 
-    from adasched.io import atomic_path
-
     with atomic_path(path, suffix=".tmp.h5") as tmp:
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
@@ -463,14 +472,41 @@ def _check_same(path: Path, st: ProbeResult, sigmas: np.ndarray | None, cost: st
     if weighting != st.weighting:
         raise DataError(f"probe file {path} was weighted by the {st.weighting!r} sigma, this run asks for "
                         f"{weighting!r}")
-    for key, value in identity.items():
-        have = st.meta.get(key, "") if key not in ("model", "data") else getattr(st, key)
-        if str(value) != str(have):
-            raise DataError(f"probe file {path} was made with {key}={have!r}, this run has {key}={value!r}; "
-                            "use another output file")
+    _check_model(path, st, identity["model"], identity["model_hash"], identity["model_sha256"])
+    if str(identity["data"]) != st.data:
+        raise DataError(f"probe file {path} was made with data={st.data!r}, this run has data={identity['data']!r}; "
+                        "use another output file")
     if seed is not None and seed != st.seed_start:
         raise DataError(f"probe file {path} uses seeds from {st.seed_start} on (next: {st.next_seed}); "
                         f"got seed={seed}; omit the seed to add samples with new seeds")
+
+
+def _check_model(path: Path, st: ProbeResult, spec: str, model_hash: str | None, model_sha256: str = "") -> None:
+    """Refuse a file made with another model: by content hash where both have one, else by SPEC and file sha256."""
+    have = st.meta.get("model_hash")
+    if have and model_hash:
+        if have != model_hash:
+            raise DataError(f"probe file {path} was made with model {st.model or '(unnamed)'} (content {have[:12]}), "
+                            f"not with {spec or 'this model'} (content {model_hash[:12]}); probe this model into "
+                            "another file")
+        return
+    if model_hash:
+        log.warning("probe file %s records no model content hash (written by an older adasched); its model is "
+                    "checked by the SPEC %r only", path, st.model)
+    for key, value, recorded in (("model", spec, st.model),
+                                 ("model_sha256", model_sha256, st.meta.get("model_sha256", ""))):
+        if str(value) != str(recorded):
+            raise DataError(f"probe file {path} was made with {key}={recorded!r}, this run has {key}={value!r}; "
+                            "use another output file")
+
+
+def check_model(probes: str | os.PathLike | ProbeResult, model: Any, spec: str) -> ProbeResult:
+    """Refuse a probe file made with another model than ``model`` (loaded from ``spec``), as :func:`probe`
+    refuses to add to one: by content (:func:`adasched.models.content_hash`), or for a file without the hash by
+    ``spec`` and the model's file ``sha256``.  Returns the file's contents."""
+    st = probes if isinstance(probes, ProbeResult) else read_probes(probes)
+    _check_model(Path(st.path), st, spec, content_hash(model), getattr(model, "sha256", "") or "")
+    return st
 
 
 def _conditioned(denoise: Callable, data_sampler: Callable, data_seeds: Sequence[int]) -> Callable:
@@ -513,9 +549,10 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
         weighting: ``"lower"`` (``v = sigma_i``, the paper's ``v(t')``) or ``"upper"`` (``v = sigma_{i+1}``).
         cost: ``"corrector"`` (:func:`corrector_costs`, the paper's workhorse) or ``"predictor"``
             (:func:`predictor_costs`, with ``hutchinson`` Rademacher probes per sample, drawn per seed).
-        meta: JSON-serialisable description recorded in the file; its keys ``model``, ``model_sha256`` and
-            ``data`` identify what is probed and must match an existing file's (``data`` defaults to the
-            sampler's ``description``).
+        meta: JSON-serialisable description recorded in the file; its keys ``model`` (SPEC),
+            ``model_sha256`` and ``data`` (default: the sampler's ``description``) name what is probed.  The
+            model's content hash is added as ``model_hash``, and an existing file's must match it (see the
+            module docstring); ``data`` must match too.
         dtype, device: what the denoiser is fed (the statistics are float64 regardless).
         callback: ``callback(done, todo)`` after every batch (e.g. for progress display by the caller).
 
@@ -545,6 +582,9 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
     meta = dict(meta or {})
     meta.setdefault("data", getattr(data_sampler, "description", ""))
     meta.setdefault("model", getattr(denoise, "description", ""))
+    model_hash = content_hash(denoise)
+    if model_hash is not None:
+        meta["model_hash"] = model_hash
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as e:
@@ -578,8 +618,6 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
         if not path.exists():
             _write(path, st)
         return st
-
-    from adasched.io import provenance
 
     info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
                       weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)

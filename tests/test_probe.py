@@ -9,6 +9,7 @@ import torch
 
 import adasched
 from adasched.errors import AdaschedError, DataError, SolverError
+from adasched.models import content_hash
 from adasched.optimize import cumulative_length, schedule_uncertainty, score_optimal_from_probes, \
     score_optimal_schedule, score_optimal_sigmas
 from adasched.probe import (
@@ -16,6 +17,7 @@ from adasched.probe import (
     dataset_sampler,
     derive_seeds,
     interval_inputs,
+    check_model,
     probe,
     probe_grid,
     read_probes,
@@ -212,11 +214,87 @@ def test_mismatch_is_refused_and_file_unchanged(tmp_path):
         quick(path, 10, sigmas=probe_grid(5, 0.01, 10.0))
     with pytest.raises(DataError, match="weighted by the 'lower' sigma.*'upper'"):
         quick(path, 10, weighting="upper")
-    with pytest.raises(DataError, match="model='gmm:test'.*model='gmm:other'"):
-        quick(path, 10, meta={"model": "gmm:other"})
+    other = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.5]], [[0.01, 0.1], [0.05, 0.03]])  # one variance
+    with pytest.raises(DataError, match=f"made with model gmm:test \\(content {content_hash(MIX)[:12]}\\), not with "
+                                        f"gmm:test \\(content {content_hash(other)[:12]}\\)"):
+        probe(other, target_sampler(other), GRID, 10, path, batch=8, dtype=F64, meta={"model": "gmm:test"})
     with pytest.raises(DataError, match="seeds from 0"):
         quick(path, 10, seed=5)
     assert path.read_bytes() == before
+
+
+def test_the_model_is_known_by_content_not_by_spec(tmp_path):
+    """The same mixture saved under another path (another SPEC) adds to the file; the file records the hash."""
+    path = tmp_path / "p.h5"
+    quick(path, 10, meta={"model": "gmm:a.json"})
+    again = GaussianMixture(*(MIX.to_json()[k] for k in ("weights", "means", "variances")))  # a fresh load
+    res = probe(again, target_sampler(again), GRID, 6, path, batch=8, dtype=F64, meta={"model": "gmm:copy/b.json"})
+    assert res.samples == 16 and res.model == "gmm:a.json" and res.meta["model_hash"] == content_hash(MIX)
+    assert read_probes(path).meta["model_hash"] == content_hash(again)
+
+
+def test_check_model_for_a_fit_on_the_probed_model(tmp_path):
+    path = tmp_path / "p.h5"
+    quick(path, 4, meta={"model": "gmm:a.json"})
+    assert check_model(path, MIX, "gmm:elsewhere.json").samples == 4  # same content, any SPEC
+    assert check_model(read_probes(path), MIX, "gmm:a.json").path == str(path)
+    other = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.6]], [[0.01, 0.1], [0.05, 0.02]])
+    with pytest.raises(DataError, match=f"made with model gmm:a.json \\(content {content_hash(MIX)[:12]}\\), "
+                                        f"not with gmm:a.json \\(content {content_hash(other)[:12]}\\)"):
+        check_model(path, other, "gmm:a.json")
+
+
+def test_a_file_without_the_model_hash_is_checked_by_spec_with_a_warning(tmp_path, caplog):
+    """Files written before the content hash was recorded: the old SPEC (and file sha256) comparison."""
+    path = tmp_path / "p.h5"
+    quick(path, 4, meta={"model": "gmm:a.json"})
+    with h5py.File(path, "r+", locking=False) as f:  # as an older adasched wrote it
+        meta = json.loads(f.attrs["meta"])
+        del meta["model_hash"]
+        f.attrs["meta"] = json.dumps(meta)
+    with pytest.raises(DataError, match="model='gmm:a.json', this run has model='gmm:b.json'"):
+        check_model(path, MIX, "gmm:b.json")
+    with caplog.at_level("WARNING", logger="adasched.probe"):
+        assert quick(path, 2, meta={"model": "gmm:a.json"}).samples == 6
+    assert "records no model content hash" in caplog.text and "gmm:a.json" in caplog.text
+    with pytest.raises(DataError, match="model='gmm:a.json', this run has model='gmm:b.json'"):
+        quick(path, 2, meta={"model": "gmm:b.json"})
+
+
+def test_content_hash_follows_the_parameters_not_the_object():
+    from adasched.targets import PowerLawGaussian
+
+    twin = GaussianMixture.from_json(json.loads(json.dumps(MIX.to_json())), source="elsewhere.json")
+    assert content_hash(twin) == content_hash(MIX)
+    nudged = MIX.to_json()
+    nudged["means"][1][1] = np.nextafter(0.5, 1.0)  # one ulp
+    assert content_hash(GaussianMixture.from_json(nudged)) != content_hash(MIX)
+    pl = PowerLawGaussian((1, 4, 4), alpha=2.0)
+    assert content_hash(PowerLawGaussian.from_json(pl.to_json())) == content_hash(pl)
+    assert len({content_hash(pl), content_hash(pl.in_eigenbasis()),
+                content_hash(GaussianMixture([1.0], [[0.0] * 16], [[1.0] * 16]))}) == 3
+    assert content_hash(lambda x, sigma: x) is None  # nothing to hash: probe falls back to the SPEC
+
+
+def test_content_hash_of_a_network_is_its_weights():
+    """The same weights hash alike in any denoiser object; one changed weight or a dtype changes the hash."""
+    from adasched.edm import EDMDenoiser
+
+    class Precond(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+    torch.manual_seed(0)
+    a = Precond()
+    b = Precond()
+    b.load_state_dict(a.state_dict())
+    assert content_hash(EDMDenoiser(a, source="x.pkl")) == content_hash(EDMDenoiser(b, source="y.pkl"))
+    with torch.no_grad():
+        b.lin.bias[0] += 1e-6
+    assert content_hash(EDMDenoiser(b)) != content_hash(EDMDenoiser(a))
+    b.load_state_dict(a.state_dict())
+    assert content_hash(EDMDenoiser(b.to(torch.bfloat16))) != content_hash(EDMDenoiser(a))
 
 
 class Crash(RuntimeError):
