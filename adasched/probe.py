@@ -20,9 +20,11 @@ result depends on the batch size, the device or on where a run was interrupted. 
 sum of squares are accumulated sample by sample in seed order (sequential float64 adds), so one run of
 ``n + m`` samples and a run of ``n`` followed by ``m`` more give bit-identical accumulators.
 
-Storage (one writer per file): after every batch the whole (small) file is rewritten to a temporary name,
-fsync'ed and moved into place with :func:`os.replace`, so a killed probe loses at most the batch in flight
-and never leaves a torn file.  HDF5 file locking is off (``locking=False``) for NFS/Lustre (ecosystem.md E).
+Storage: after every batch the whole (small) file is built in memory, written to a temporary name, fsync'ed
+and moved into place with :func:`os.replace` (:func:`adasched.io.atomic_path`), so a killed probe loses at
+most the batch in flight and never leaves a torn file, and a failed write (full disk) is one error line:
+HDF5 itself never writes to disk (its failed writes crash the interpreter at exit).  HDF5 file locking is
+off (``locking=False``) for NFS/Lustre (ecosystem.md E).
 
 Model identity: a file records its model's content hash (``meta["model_hash"]``,
 :func:`adasched.models.content_hash`), and samples from a model of other content are refused, whatever its
@@ -33,6 +35,7 @@ with a warning for the old file.  :func:`check_model` applies the same check for
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -428,31 +431,35 @@ def read_probes(path: str | os.PathLike) -> ProbeResult:
 
 
 def _write(path: Path, st: ProbeResult) -> None:
-    """Write the whole store to a temporary file, fsync it and move it onto ``path`` (crash-safe)."""
+    """Write the whole store to a temporary file, fsync it and move it onto ``path`` (crash-safe).
+
+    The HDF5 image is built in memory and written by Python: a full disk is then an ``OSError`` that
+    :func:`~adasched.io.atomic_path` turns into one line, where HDF5 writing the file itself would leave
+    an unclosable file behind and the interpreter segfaulting at exit.
+    """
     import h5py
 
-    with atomic_path(path, suffix=".tmp.h5") as tmp:
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["cost"] = st.cost
-            f.attrs["weighting"] = st.weighting
-            f.attrs["model"] = st.model
-            f.attrs["data"] = st.data
-            f.attrs["meta"] = json.dumps(st.meta, sort_keys=True)
-            f.attrs["seed_start"] = st.seed_start
-            f.attrs["next_seed"] = st.next_seed
-            f.attrs["run_info"] = json.dumps(st.run_info, sort_keys=True)
-            f.create_dataset("sigmas", data=st.sigmas, dtype="f8")
-            f.create_dataset("count", data=st.count, dtype="i8")
-            f.create_dataset("sum", data=st.sum, dtype="f8")
-            f.create_dataset("sumsq", data=st.sumsq, dtype="f8")
-            f.create_dataset("runs", data=st.runs.reshape(-1, 3), dtype="i8")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["cost"] = st.cost
+        f.attrs["weighting"] = st.weighting
+        f.attrs["model"] = st.model
+        f.attrs["data"] = st.data
+        f.attrs["meta"] = json.dumps(st.meta, sort_keys=True)
+        f.attrs["seed_start"] = st.seed_start
+        f.attrs["next_seed"] = st.next_seed
+        f.attrs["run_info"] = json.dumps(st.run_info, sort_keys=True)
+        f.create_dataset("sigmas", data=st.sigmas, dtype="f8")
+        f.create_dataset("count", data=st.count, dtype="i8")
+        f.create_dataset("sum", data=st.sum, dtype="f8")
+        f.create_dataset("sumsq", data=st.sumsq, dtype="f8")
+        f.create_dataset("runs", data=st.runs.reshape(-1, 3), dtype="i8")
+    with atomic_path(path, suffix=".tmp.h5") as tmp, open(tmp, "wb") as out:
+        out.write(image.getbuffer())
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _describe_grid(s: np.ndarray) -> str:

@@ -1,6 +1,8 @@
 """The corrector-cost estimator (paper.md §3.2) against §6 closed forms, and its HDF5 store."""
 
+import errno
 import json
+import os
 
 import h5py
 import numpy as np
@@ -25,6 +27,7 @@ from adasched.probe import (
 )
 from adasched.schedules import Schedule
 from adasched.targets import GaussianMixture
+from child_process import full_disk, run
 from test_optimize import exact_schedule, gaussian_cost, gaussian_iso_cost, gaussian_iso_length, log_grid, \
     mixture_costs
 
@@ -327,6 +330,36 @@ def test_crash_then_resume_is_exact(tmp_path):
     ref = quick(tmp_path / "ref.h5", 40)
     assert same(done, ref) and same(read_probes(path), ref) and read_probes(path).complete
     np.testing.assert_array_equal(read_probes(path).runs, [[0, 16, 40], [16, 40, 40]])
+
+
+def child_probe(path, n):
+    """Code for a child process: ``quick(path, n)``, printing an AdaschedError's line and exiting 3."""
+    return f"""
+import logging, sys
+import torch
+from adasched.errors import AdaschedError
+from adasched.probe import probe, probe_grid, target_sampler
+from adasched.targets import GaussianMixture
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+MIX = GaussianMixture.from_json({MIX.to_json()!r})
+try:
+    probe(MIX, target_sampler(MIX), probe_grid(4, 0.01, 10.0), {n}, {str(path)!r}, batch=8, dtype=torch.float64,
+          meta={{"model": "gmm:test"}})
+except AdaschedError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_probe_file(tmp_path):
+    """HDF5 writing a file on a full disk crashed the interpreter at exit; now one line, the old file kept."""
+    path = tmp_path / "p.h5"
+    quick(path, 8)
+    before = path.read_bytes()
+    r = run(full_disk(len(before) // 2) + child_probe(path, 8))
+    assert (r.returncode, r.stdout) == (3, f"cannot write {path}: [Errno {errno.EFBIG}] {os.strerror(errno.EFBIG)}\n")
+    assert "Traceback" not in r.stderr and "HDF5" not in r.stderr
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.h5"]
 
 
 def test_non_finite_denoiser_output_is_an_error(tmp_path):
