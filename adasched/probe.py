@@ -24,7 +24,9 @@ Storage: after every batch the whole (small) file is built in memory, written to
 and moved into place with :func:`os.replace` (:func:`adasched.io.atomic_path`), so a killed probe loses at
 most the batch in flight and never leaves a torn file, and a failed write (full disk) is one error line:
 HDF5 itself never writes to disk (its failed writes crash the interpreter at exit).  HDF5 file locking is
-off (``locking=False``) for NFS/Lustre (ecosystem.md E).
+off (``locking=False``) for NFS/Lustre (ecosystem.md E); instead :func:`probe` holds an ``flock`` on the
+sidecar ``PATH.lock`` (:func:`adasched.io.exclusive_lock`) from reading the file to its last write, so a
+second probe of the same file waits, then continues with the next unused seeds.
 
 Model identity: a file records its model's content hash (``meta["model_hash"]``,
 :func:`adasched.models.content_hash`), and samples from a model of other content are refused, whatever its
@@ -48,7 +50,7 @@ import numpy as np
 import torch
 
 from adasched.errors import AdaschedError, DataError, ScheduleError
-from adasched.io import atomic_path, provenance
+from adasched.io import atomic_path, check_output, exclusive_lock, provenance
 from adasched.models import content_hash
 
 __all__ = [
@@ -568,7 +570,8 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
 
     Each batch costs ``2 K`` denoiser calls; after each one the file is replaced atomically, so an
     interrupted call loses at most the batch in flight, and the final accumulators do not depend on the
-    batch size or on interruptions (see the module docstring).
+    batch size or on interruptions.  The file is locked for the whole call: a second call on it waits, then
+    adds the next unused seeds (see the module docstring).
     """
     path = Path(path)
     if weighting not in WEIGHTINGS:
@@ -604,67 +607,69 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
 
         sigmas = _as_grid(probe_sigmas)
 
-    if path.exists():
-        st = read_probes(path)
-        _check_same(path, st, sigmas, cost, weighting, identity, seed)
-    else:
-        if sigmas is None:
-            raise AdaschedError(f"probe file {path} does not exist: give the probe sigmas to start it")
+    check_output(path)
+    with exclusive_lock(path.with_name(path.name + ".lock")):  # from reading the file to its last write
+        if path.exists():
+            st = read_probes(path)
+            _check_same(path, st, sigmas, cost, weighting, identity, seed)
+        else:
+            if sigmas is None:
+                raise AdaschedError(f"probe file {path} does not exist: give the probe sigmas to start it")
+            k = sigmas.size - 1
+            start = 0 if seed is None else int(seed)
+            st = ProbeResult(path=str(path), sigmas=sigmas, count=np.zeros(k, np.int64), sum=np.zeros(k),
+                             sumsq=np.zeros(k), cost=cost, weighting=weighting, model=str(identity["model"]),
+                             data=str(identity["data"]), meta=meta, seed_start=start, next_seed=start,
+                             runs=np.zeros((0, 3), np.int64), run_info=[])
+
+        first = st.next_seed
+        todo = int(n_req) if num_samples is not None else max(0, int(n_req) - st.samples)
+        stop = first + todo
+        if todo == 0:
+            log.info("probe file %s already has %d samples per interval; nothing to add", path, st.samples)
+            if not path.exists():
+                _write(path, st)
+            return st
+
+        info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
+                          weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)
+        runs = np.concatenate([st.runs, [[first, first, stop]]]).astype(np.int64)
+        run_info = st.run_info + [info]
+        sigmas = st.sigmas
+        count, acc, acc2 = st.count.copy(), st.sum.copy(), st.sumsq.copy()
         k = sigmas.size - 1
-        start = 0 if seed is None else int(seed)
-        st = ProbeResult(path=str(path), sigmas=sigmas, count=np.zeros(k, np.int64), sum=np.zeros(k),
-                         sumsq=np.zeros(k), cost=cost, weighting=weighting, model=str(identity["model"]),
-                         data=str(identity["data"]), meta=meta, seed_start=start, next_seed=start,
-                         runs=np.zeros((0, 3), np.int64), run_info=[])
-
-    first = st.next_seed
-    todo = int(n_req) if num_samples is not None else max(0, int(n_req) - st.samples)
-    stop = first + todo
-    if todo == 0:
-        log.info("probe file %s already has %d samples per interval; nothing to add", path, st.samples)
-        if not path.exists():
-            _write(path, st)
+        log.info("probe: %d samples per interval on %d intervals (%s), seeds %d..%d, batch %d, into %s",
+                 todo, k, _describe_grid(sigmas), first, stop - 1, batch, path)
+        with torch.no_grad():
+            for b0 in range(first, stop, batch):
+                seeds = list(range(b0, min(b0 + batch, stop)))
+                costs = np.empty((len(seeds), k))
+                for i in range(k):
+                    x0, eps = interval_inputs(data_sampler, seeds, i)
+                    model = _conditioned(denoise, data_sampler, derive_seeds(seeds, i, 0).tolist())
+                    if cost == "corrector":
+                        c = corrector_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
+                                            float(sigmas[i + 1]), weighting=weighting, dtype=dtype)
+                    else:
+                        xi = rademacher(derive_seeds(seeds, i, 2), x0.shape[1:], hutchinson)
+                        c = predictor_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
+                                            float(sigmas[i + 1]), xi.to(device), weighting=weighting, dtype=dtype)
+                    costs[:, i] = c.cpu().numpy()
+                if not np.isfinite(costs).all():
+                    bad = np.argwhere(~np.isfinite(costs))[0]
+                    raise DataError(f"non-finite cost for seed {seeds[bad[0]]} on interval "
+                                    f"[{sigmas[bad[1]]:g}, {sigmas[bad[1] + 1]:g}]: check the denoiser at these sigmas")
+                # Sequential (sample-by-sample) float64 accumulation: independent of batching and interruptions.
+                acc = np.add.accumulate(np.vstack([acc, costs]), axis=0)[-1]
+                acc2 = np.add.accumulate(np.vstack([acc2, costs**2]), axis=0)[-1]
+                count = count + len(seeds)
+                runs[-1, 1] = seeds[-1] + 1
+                st = ProbeResult(path=str(path), sigmas=sigmas, count=count, sum=acc, sumsq=acc2, cost=st.cost,
+                                 weighting=st.weighting, model=st.model, data=st.data, meta=st.meta,
+                                 seed_start=st.seed_start, next_seed=seeds[-1] + 1, runs=runs.copy(), run_info=run_info)
+                _write(path, st)
+                log.debug("probe: seeds up to %d done (%d of %d)", seeds[-1], seeds[-1] + 1 - first, todo)
+                if callback is not None:
+                    callback(seeds[-1] + 1 - first, todo)
+        log.info("probe: %s now has %d samples per interval", path, st.samples)
         return st
-
-    info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
-                      weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)
-    runs = np.concatenate([st.runs, [[first, first, stop]]]).astype(np.int64)
-    run_info = st.run_info + [info]
-    sigmas = st.sigmas
-    count, acc, acc2 = st.count.copy(), st.sum.copy(), st.sumsq.copy()
-    k = sigmas.size - 1
-    log.info("probe: %d samples per interval on %d intervals (%s), seeds %d..%d, batch %d, into %s",
-             todo, k, _describe_grid(sigmas), first, stop - 1, batch, path)
-    with torch.no_grad():
-        for b0 in range(first, stop, batch):
-            seeds = list(range(b0, min(b0 + batch, stop)))
-            costs = np.empty((len(seeds), k))
-            for i in range(k):
-                x0, eps = interval_inputs(data_sampler, seeds, i)
-                model = _conditioned(denoise, data_sampler, derive_seeds(seeds, i, 0).tolist())
-                if cost == "corrector":
-                    c = corrector_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
-                                        float(sigmas[i + 1]), weighting=weighting, dtype=dtype)
-                else:
-                    xi = rademacher(derive_seeds(seeds, i, 2), x0.shape[1:], hutchinson)
-                    c = predictor_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
-                                        float(sigmas[i + 1]), xi.to(device), weighting=weighting, dtype=dtype)
-                costs[:, i] = c.cpu().numpy()
-            if not np.isfinite(costs).all():
-                bad = np.argwhere(~np.isfinite(costs))[0]
-                raise DataError(f"non-finite cost for seed {seeds[bad[0]]} on interval "
-                                f"[{sigmas[bad[1]]:g}, {sigmas[bad[1] + 1]:g}]: check the denoiser at these sigmas")
-            # Sequential (sample-by-sample) float64 accumulation: independent of batching and interruptions.
-            acc = np.add.accumulate(np.vstack([acc, costs]), axis=0)[-1]
-            acc2 = np.add.accumulate(np.vstack([acc2, costs**2]), axis=0)[-1]
-            count = count + len(seeds)
-            runs[-1, 1] = seeds[-1] + 1
-            st = ProbeResult(path=str(path), sigmas=sigmas, count=count, sum=acc, sumsq=acc2, cost=st.cost,
-                             weighting=st.weighting, model=st.model, data=st.data, meta=st.meta,
-                             seed_start=st.seed_start, next_seed=seeds[-1] + 1, runs=runs.copy(), run_info=run_info)
-            _write(path, st)
-            log.debug("probe: seeds up to %d done (%d of %d)", seeds[-1], seeds[-1] + 1 - first, todo)
-            if callback is not None:
-                callback(seeds[-1] + 1 - first, todo)
-    log.info("probe: %s now has %d samples per interval", path, st.samples)
-    return st

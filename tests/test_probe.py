@@ -11,6 +11,7 @@ import torch
 
 import adasched
 from adasched.errors import AdaschedError, DataError, SolverError
+from adasched.io import exclusive_lock
 from adasched.models import content_hash
 from adasched.optimize import cumulative_length, schedule_uncertainty, score_optimal_from_probes, \
     score_optimal_schedule, score_optimal_sigmas
@@ -27,7 +28,7 @@ from adasched.probe import (
 )
 from adasched.schedules import Schedule
 from adasched.targets import GaussianMixture
-from child_process import full_disk, run
+from child_process import full_disk, python, run
 from test_optimize import exact_schedule, gaussian_cost, gaussian_iso_cost, gaussian_iso_length, log_grid, \
     mixture_costs
 
@@ -360,6 +361,24 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_probe_file(tmp_path):
     assert (r.returncode, r.stdout) == (3, f"cannot write {path}: [Errno {errno.EFBIG}] {os.strerror(errno.EFBIG)}\n")
     assert "Traceback" not in r.stderr and "HDF5" not in r.stderr
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.h5"]
+
+
+def test_two_processes_appending_to_one_file_lose_no_samples(tmp_path):
+    """While one probe holds the file the other waits, then continues with the next seeds: the file ends with
+    both runs on disjoint seeds, bit-identical to one run of all the samples."""
+    path, n = tmp_path / "p.h5", 24
+    with exclusive_lock(path.with_name(path.name + ".lock")):  # both start while the file is held
+        children = [python(child_probe(path, n)) for _ in range(2)]
+        for c in children:
+            while "waiting for" not in (line := c.stderr.readline()):
+                assert line, f"child exited without waiting: {c.communicate()}"
+    for c in children:
+        out, err = c.communicate(timeout=300)
+        assert c.returncode == 0, out + err
+    res = read_probes(path)
+    np.testing.assert_array_equal(res.runs, [[0, n, n], [n, 2 * n, 2 * n]])
+    assert res.samples == 2 * n and same(res, quick(tmp_path / "one.h5", 2 * n))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "p.h5"]  # no lock or temporary file left
 
 
 def test_non_finite_denoiser_output_is_an_error(tmp_path):
