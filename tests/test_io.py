@@ -140,7 +140,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     p.communicate(timeout=300)
     assert tmp.exists()
     running = tmp.with_name(tmp.name.replace(f"-{p.pid}-", f"-{os.getpid()}-"))
-    elsewhere = tmp.with_name(tmp.name.replace(f".x.json.", ".x.json.otherhost", 1))
+    elsewhere = tmp.with_name(tmp.name.replace(".x.json.", ".x.json.otherhost", 1))
     running.write_text("in flight")
     elsewhere.write_text("in flight")
     write_json(out, {"new": 1})
