@@ -21,8 +21,6 @@ commit it beside the config to make later runs check the same bytes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import json
 import logging
@@ -35,10 +33,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 from adasched.errors import DownloadError
-from adasched.io import atomic_path, sha256_file
+from adasched.io import atomic_path, exclusive_lock, sha256_file
 
 __all__ = ["fetch", "read_lock", "lock_entry", "record_hash", "recorded_hashes", "LOCK_FORMAT"]
 
@@ -94,38 +91,12 @@ def recorded_hashes(lockfile: str | os.PathLike | None) -> set[str]:
     return {e["sha256"] for e in read_lock(lockfile).values() if isinstance(e, dict) and "sha256" in e}
 
 
-@contextlib.contextmanager
-def _dir_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``directory`` (serialises lock-file updates)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-@contextlib.contextmanager
-def _download_lock(path: Path) -> Iterator[None]:
-    """Hold the sidecar lock ``path`` while one process downloads; a second one fails at once."""
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DownloadError(f"another process is downloading to the same file (it holds "
-                                f"{path}); wait for it to finish") from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-
-
 def record_hash(lockfile: str | os.PathLike, key: str, sha256: str, **info) -> None:
     """Record ``sha256`` for ``key`` in the lock file (read-modify-write under a file lock)."""
     sha256 = _check_hex(sha256, "sha256")
     path = Path(lockfile)
-    with _dir_lock(path.parent):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(path.parent):  # the folder, not a sidecar: no second file beside a committed lock file
         files = dict(read_lock(path))
         files[key] = {"sha256": sha256, **info}
         with atomic_path(path) as tmp:
@@ -352,7 +323,9 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None,
                             f"of https, http, file, hf")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    with _download_lock(dest.with_name(dest.name + ".part.lock")):
+    lock = dest.with_name(dest.name + ".part.lock")
+    with exclusive_lock(lock, busy=DownloadError(f"another process is downloading to the same file (it holds "
+                                                 f"{lock}); wait for it to finish")):
         if scheme in ("http", "https"):
             _download_http(url, part, max(int(retries), 0), timeout, backoff, dest)
         elif scheme == "file":

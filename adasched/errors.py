@@ -27,3 +27,7 @@ class DataError(AdaschedError, ValueError):
 
 class DownloadError(AdaschedError, OSError):
     """A file could not be fetched or failed verification."""
+
+
+class Interrupted(AdaschedError):
+    """SIGTERM arrived while a file was being written (:func:`adasched.io.atomic_path` cleaned up first)."""

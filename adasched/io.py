@@ -1,17 +1,33 @@
-"""Atomic file output, provenance, and where log records go.
+"""Atomic file output, file locks, provenance, and where log records go.
 
 Every file adasched writes goes to a temporary name in the target folder and is moved into place with
-:func:`os.replace`, so a crash never leaves a half-written output behind.
+:func:`os.replace` (:func:`atomic_path`), so a crash never leaves a half-written output behind:
+
+* a write that fails (full disk, quota, permission) is one :class:`~adasched.errors.AdaschedError` line naming
+  the output and the errno; the temporary file is removed and the previous output stays as it was;
+* SIGTERM and SIGINT during a write remove the temporary files in flight (SIGTERM then ends the write with
+  :class:`~adasched.errors.Interrupted`, so the CLI prints one line and exits 1; SIGINT goes on to the
+  previous handler, by default a ``KeyboardInterrupt``).  The handlers are installed for the duration of the
+  write, from the main thread only;
+* a temporary file is named ``.NAME.HOST-PID-RANDOM.SUFFIX``: one that a killed run (SIGKILL) left behind is
+  recognised by its name, this host and a PID that no longer runs, and removed by the next write to ``NAME``.
+
+:func:`exclusive_lock` is the one way to serialise writers across processes (``fcntl.flock``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -20,8 +36,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "check_output", "write_json", "read_json", "save_npz", "provenance", "sha256_file",
-           "log_records_to", "logging_to"]
+from adasched.errors import AdaschedError, Interrupted
+
+__all__ = ["atomic_path", "check_output", "exclusive_lock", "write_json", "read_json", "save_npz", "provenance",
+           "sha256_file", "log_records_to", "logging_to"]
+
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -33,36 +53,127 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+#: This host in temporary file names (``.NAME.HOST-PID-RANDOM.SUFFIX``), reduced to characters safe in a name.
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+#: Temporary files of writes in flight in this process (any thread); the signal handler removes them.
+_LIVE: set[Path] = set()
+_LIVE_LOCK = threading.Lock()
+#: While a write runs in the main thread: how many are nested, and the handlers ours replaced.
+_SIGNALS = {"depth": 0, "previous": {}}
+_CAUGHT = (signal.SIGTERM, signal.SIGINT)
+
+
+def _remove_live() -> None:
+    with _LIVE_LOCK:
+        for tmp in _LIVE:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _on_signal(signum: int, frame) -> None:
+    """Do what the replaced handler would have done, removing the temporary files in flight if that ends the
+    write; SIG_DFL (or a handler installed outside Python) would end the process without a clean-up, so
+    that becomes :class:`~adasched.errors.Interrupted`."""
+    previous = _SIGNALS["previous"].get(signum, signal.SIG_DFL)
+    if previous == signal.SIG_IGN:
+        return
+    if not callable(previous):
+        _remove_live()
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+    try:
+        previous(signum, frame)  # e.g. SIGINT's default_int_handler: KeyboardInterrupt
+    except BaseException:
+        _remove_live()
+        raise
+
+
+@contextlib.contextmanager
+def _signals_clean_up() -> Iterator[None]:
+    """Have SIGTERM and SIGINT remove the temporary files in flight while the block runs (main thread only:
+    Python runs signal handlers there and nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _SIGNALS["depth"] == 0:
+        _SIGNALS["previous"] = {sig: signal.signal(sig, _on_signal) for sig in _CAUGHT}
+    _SIGNALS["depth"] += 1
+    try:
+        yield
+    finally:
+        _SIGNALS["depth"] -= 1
+        if _SIGNALS["depth"] == 0:
+            for sig, previous in _SIGNALS["previous"].items():
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the temporary files of earlier writes to ``path`` from this host whose process is gone."""
+    ours = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(_HOST)}-(\d+)-[a-z0-9_]{{8}}\..*")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            m = ours.fullmatch(entry.name)
+            if m and not _pid_runs(int(m.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    log.info("removed %s, left behind by process %s that no longer runs", entry.path, m.group(1))
+
+
+def _cannot(what: str, path: Path, e: OSError) -> AdaschedError:
+    return AdaschedError(f"cannot {what} {path}: " + (f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
-    from adasched.errors import AdaschedError
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
 
+    An ``OSError`` about the temporary file (or about no file in particular, as a full disk's from a writer
+    that does not say which file) becomes one :class:`AdaschedError` line, ``cannot write PATH: [Errno N]
+    ...``.  See the module docstring for signals and the temporary files of killed runs.
+    """
     path = Path(path)
     check_output(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix + ".tmp",
-                                   dir=path.parent)
-    except OSError as e:
-        raise AdaschedError(f"cannot write {path}: {e.strerror}") from None
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the umask),
-        # so results are readable by whoever may read the folder (a shared cluster filesystem).
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _signals_clean_up():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-",
+                                       suffix=suffix or path.suffix + ".tmp", dir=path.parent)
+        except OSError as e:
+            raise _cannot("write", path, e) from None
+        os.close(fd)
+        tmp = Path(tmp)
+        with _LIVE_LOCK:
+            _LIVE.add(tmp)
+        try:
+            try:
+                yield tmp
+                # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the
+                # umask), so results are readable by whoever may read the folder (a shared cluster filesystem).
+                os.chmod(tmp, 0o666 & ~_UMASK)
+                os.replace(tmp, path)
+            except OSError as e:
+                if e.filename not in (None, str(tmp), str(path)):
+                    raise
+                raise _cannot("write", path, e) from None
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def check_output(path: str | os.PathLike) -> None:
     """Refuse an output path that cannot be written -- a directory, or a name under a file -- with one
     :class:`~adasched.errors.AdaschedError` line; the CLI checks its outputs so before any work."""
-    from adasched.errors import AdaschedError
-
     path = Path(path)
     if path.is_dir():
         raise AdaschedError(f"output {path} is a directory; give a file name")
@@ -75,6 +186,71 @@ def check_output(path: str | os.PathLike) -> None:
         raise AdaschedError(f"output {path}: no permission to write in {folder}")
 
 
+#: ``flock`` errors that mean the filesystem has no locks (Lustre mounted without ``flock``, some NFS setups).
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, busy: AdaschedError | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` for the block: a directory, or a sidecar lock file.
+
+    A lock file is created if missing and removed on release (while still held: a process that opened the old
+    one finds it gone and takes the new one).  While another process holds the lock, wait for it (with a log
+    line), or with ``busy`` given raise that error at once.  A filesystem without locks gets a warning and no
+    lock.  The kernel drops the lock of a killed process, so a stale lock file never blocks anyone.
+    """
+    path = Path(path)
+    directory = path.is_dir()
+    if not directory:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise _cannot("lock", path, e) from None
+        try:
+            locked = _flock(fd, path, busy)
+        except BaseException:
+            os.close(fd)
+            raise
+        if directory or not locked or _same_file(fd, path):
+            break
+        os.close(fd)  # the holder before us removed this lock file: take the current one
+    try:
+        yield
+    finally:
+        if not directory:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, path: Path, busy: AdaschedError | None) -> bool:
+    """Lock ``fd`` exclusively, at once or (unless ``busy``) after waiting; ``False`` if the filesystem cannot."""
+    for flags in (fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_EX):
+        try:
+            fcntl.flock(fd, flags)
+            return True
+        except BlockingIOError:
+            if busy is not None:
+                raise busy from None
+            log.info("waiting for %s: another process holds it", path)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise _cannot("lock", path, e) from None
+            log.warning("cannot lock %s, this filesystem has no file locks ([Errno %d] %s): going on unlocked",
+                        path, e.errno, e.strerror)
+            return False
+    raise AssertionError("a blocking flock returned neither the lock nor an error")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
@@ -83,8 +259,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Read a JSON file; a missing or malformed file is a :class:`~adasched.errors.AdaschedError`."""
-    from adasched.errors import AdaschedError
-
     path = Path(path)
     try:
         text = path.read_text()

@@ -20,13 +20,24 @@ result depends on the batch size, the device or on where a run was interrupted. 
 sum of squares are accumulated sample by sample in seed order (sequential float64 adds), so one run of
 ``n + m`` samples and a run of ``n`` followed by ``m`` more give bit-identical accumulators.
 
-Storage (one writer per file): after every batch the whole (small) file is rewritten to a temporary name,
-fsync'ed and moved into place with :func:`os.replace`, so a killed probe loses at most the batch in flight
-and never leaves a torn file.  HDF5 file locking is off (``locking=False``) for NFS/Lustre (ecosystem.md E).
+Storage: after every batch the whole (small) file is built in memory, written to a temporary name, fsync'ed
+and moved into place with :func:`os.replace` (:func:`adasched.io.atomic_path`), so a killed probe loses at
+most the batch in flight and never leaves a torn file, and a failed write (full disk) is one error line:
+HDF5 itself never writes to disk (its failed writes crash the interpreter at exit).  HDF5 file locking is
+off (``locking=False``) for NFS/Lustre (ecosystem.md E); instead :func:`probe` holds an ``flock`` on the
+sidecar ``PATH.lock`` (:func:`adasched.io.exclusive_lock`) from reading the file to its last write, so a
+second probe of the same file waits, then continues with the next unused seeds.
+
+Model identity: a file records its model's content hash (``meta["model_hash"]``,
+:func:`adasched.models.content_hash`), and samples from a model of other content are refused, whatever its
+SPEC; the same model under another SPEC or path is accepted.  A file written before the hash was recorded
+(or a model with nothing to hash, a plain callable) is checked by the SPEC string and file sha256 instead,
+with a warning for the old file.  :func:`check_model` applies the same check for a schedule fitted to a model.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -39,10 +50,13 @@ import numpy as np
 import torch
 
 from adasched.errors import AdaschedError, DataError, ScheduleError
+from adasched.io import atomic_path, check_output, exclusive_lock, provenance
+from adasched.models import content_hash
 
 __all__ = [
     "probe",
     "read_probes",
+    "check_model",
     "ProbeResult",
     "probe_grid",
     "corrector_costs",
@@ -69,8 +83,10 @@ WEIGHTINGS = ("lower", "upper")
 COSTS = ("corrector", "predictor")
 FORMAT = "adasched-probes"
 FORMAT_VERSION = 1
-#: Keys of ``meta`` that identify what was probed; a file refuses samples whose identity differs.
-IDENTITY_KEYS = ("model", "model_sha256", "data")
+#: Keys of ``meta`` that identify what was probed; a file refuses samples whose identity differs.  The model is
+#: known by ``model_hash`` (its content) where the file and the run have one, else by ``model`` (the SPEC) and
+#: ``model_sha256`` (its file's bytes).
+IDENTITY_KEYS = ("model", "model_sha256", "model_hash", "data")
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -417,33 +433,35 @@ def read_probes(path: str | os.PathLike) -> ProbeResult:
 
 
 def _write(path: Path, st: ProbeResult) -> None:
-    """Write the whole store to a temporary file, fsync it and move it onto ``path`` (crash-safe)."""
+    """Write the whole store to a temporary file, fsync it and move it onto ``path`` (crash-safe).
+
+    The HDF5 image is built in memory and written by Python: a full disk is then an ``OSError`` that
+    :func:`~adasched.io.atomic_path` turns into one line, where HDF5 writing the file itself would leave
+    an unclosable file behind and the interpreter segfaulting at exit.
+    """
     import h5py
 
-    from adasched.io import atomic_path
-
-    with atomic_path(path, suffix=".tmp.h5") as tmp:
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["cost"] = st.cost
-            f.attrs["weighting"] = st.weighting
-            f.attrs["model"] = st.model
-            f.attrs["data"] = st.data
-            f.attrs["meta"] = json.dumps(st.meta, sort_keys=True)
-            f.attrs["seed_start"] = st.seed_start
-            f.attrs["next_seed"] = st.next_seed
-            f.attrs["run_info"] = json.dumps(st.run_info, sort_keys=True)
-            f.create_dataset("sigmas", data=st.sigmas, dtype="f8")
-            f.create_dataset("count", data=st.count, dtype="i8")
-            f.create_dataset("sum", data=st.sum, dtype="f8")
-            f.create_dataset("sumsq", data=st.sumsq, dtype="f8")
-            f.create_dataset("runs", data=st.runs.reshape(-1, 3), dtype="i8")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["cost"] = st.cost
+        f.attrs["weighting"] = st.weighting
+        f.attrs["model"] = st.model
+        f.attrs["data"] = st.data
+        f.attrs["meta"] = json.dumps(st.meta, sort_keys=True)
+        f.attrs["seed_start"] = st.seed_start
+        f.attrs["next_seed"] = st.next_seed
+        f.attrs["run_info"] = json.dumps(st.run_info, sort_keys=True)
+        f.create_dataset("sigmas", data=st.sigmas, dtype="f8")
+        f.create_dataset("count", data=st.count, dtype="i8")
+        f.create_dataset("sum", data=st.sum, dtype="f8")
+        f.create_dataset("sumsq", data=st.sumsq, dtype="f8")
+        f.create_dataset("runs", data=st.runs.reshape(-1, 3), dtype="i8")
+    with atomic_path(path, suffix=".tmp.h5") as tmp, open(tmp, "wb") as out:
+        out.write(image.getbuffer())
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _describe_grid(s: np.ndarray) -> str:
@@ -463,14 +481,41 @@ def _check_same(path: Path, st: ProbeResult, sigmas: np.ndarray | None, cost: st
     if weighting != st.weighting:
         raise DataError(f"probe file {path} was weighted by the {st.weighting!r} sigma, this run asks for "
                         f"{weighting!r}")
-    for key, value in identity.items():
-        have = st.meta.get(key, "") if key not in ("model", "data") else getattr(st, key)
-        if str(value) != str(have):
-            raise DataError(f"probe file {path} was made with {key}={have!r}, this run has {key}={value!r}; "
-                            "use another output file")
+    _check_model(path, st, identity["model"], identity["model_hash"], identity["model_sha256"])
+    if str(identity["data"]) != st.data:
+        raise DataError(f"probe file {path} was made with data={st.data!r}, this run has data={identity['data']!r}; "
+                        "use another output file")
     if seed is not None and seed != st.seed_start:
         raise DataError(f"probe file {path} uses seeds from {st.seed_start} on (next: {st.next_seed}); "
                         f"got seed={seed}; omit the seed to add samples with new seeds")
+
+
+def _check_model(path: Path, st: ProbeResult, spec: str, model_hash: str | None, model_sha256: str = "") -> None:
+    """Refuse a file made with another model: by content hash where both have one, else by SPEC and file sha256."""
+    have = st.meta.get("model_hash")
+    if have and model_hash:
+        if have != model_hash:
+            raise DataError(f"probe file {path} was made with model {st.model or '(unnamed)'} (content {have[:12]}), "
+                            f"not with {spec or 'this model'} (content {model_hash[:12]}); probe this model into "
+                            "another file")
+        return
+    if model_hash:
+        log.warning("probe file %s records no model content hash (written by an older adasched); its model is "
+                    "checked by the SPEC %r only", path, st.model)
+    for key, value, recorded in (("model", spec, st.model),
+                                 ("model_sha256", model_sha256, st.meta.get("model_sha256", ""))):
+        if str(value) != str(recorded):
+            raise DataError(f"probe file {path} was made with {key}={recorded!r}, this run has {key}={value!r}; "
+                            "use another output file")
+
+
+def check_model(probes: str | os.PathLike | ProbeResult, model: Any, spec: str) -> ProbeResult:
+    """Refuse a probe file made with another model than ``model`` (loaded from ``spec``), as :func:`probe`
+    refuses to add to one: by content (:func:`adasched.models.content_hash`), or for a file without the hash by
+    ``spec`` and the model's file ``sha256``.  Returns the file's contents."""
+    st = probes if isinstance(probes, ProbeResult) else read_probes(probes)
+    _check_model(Path(st.path), st, spec, content_hash(model), getattr(model, "sha256", "") or "")
+    return st
 
 
 def _conditioned(denoise: Callable, data_sampler: Callable, data_seeds: Sequence[int]) -> Callable:
@@ -513,9 +558,10 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
         weighting: ``"lower"`` (``v = sigma_i``, the paper's ``v(t')``) or ``"upper"`` (``v = sigma_{i+1}``).
         cost: ``"corrector"`` (:func:`corrector_costs`, the paper's workhorse) or ``"predictor"``
             (:func:`predictor_costs`, with ``hutchinson`` Rademacher probes per sample, drawn per seed).
-        meta: JSON-serialisable description recorded in the file; its keys ``model``, ``model_sha256`` and
-            ``data`` identify what is probed and must match an existing file's (``data`` defaults to the
-            sampler's ``description``).
+        meta: JSON-serialisable description recorded in the file; its keys ``model`` (SPEC),
+            ``model_sha256`` and ``data`` (default: the sampler's ``description``) name what is probed.  The
+            model's content hash is added as ``model_hash``, and an existing file's must match it (see the
+            module docstring); ``data`` must match too.
         dtype, device: what the denoiser is fed (the statistics are float64 regardless).
         callback: ``callback(done, todo)`` after every batch (e.g. for progress display by the caller).
 
@@ -524,7 +570,8 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
 
     Each batch costs ``2 K`` denoiser calls; after each one the file is replaced atomically, so an
     interrupted call loses at most the batch in flight, and the final accumulators do not depend on the
-    batch size or on interruptions (see the module docstring).
+    batch size or on interruptions.  The file is locked for the whole call: a second call on it waits, then
+    adds the next unused seeds (see the module docstring).
     """
     path = Path(path)
     if weighting not in WEIGHTINGS:
@@ -545,6 +592,9 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
     meta = dict(meta or {})
     meta.setdefault("data", getattr(data_sampler, "description", ""))
     meta.setdefault("model", getattr(denoise, "description", ""))
+    model_hash = content_hash(denoise)
+    if model_hash is not None:
+        meta["model_hash"] = model_hash
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as e:
@@ -557,69 +607,69 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
 
         sigmas = _as_grid(probe_sigmas)
 
-    if path.exists():
-        st = read_probes(path)
-        _check_same(path, st, sigmas, cost, weighting, identity, seed)
-    else:
-        if sigmas is None:
-            raise AdaschedError(f"probe file {path} does not exist: give the probe sigmas to start it")
+    check_output(path)
+    with exclusive_lock(path.with_name(path.name + ".lock")):  # from reading the file to its last write
+        if path.exists():
+            st = read_probes(path)
+            _check_same(path, st, sigmas, cost, weighting, identity, seed)
+        else:
+            if sigmas is None:
+                raise AdaschedError(f"probe file {path} does not exist: give the probe sigmas to start it")
+            k = sigmas.size - 1
+            start = 0 if seed is None else int(seed)
+            st = ProbeResult(path=str(path), sigmas=sigmas, count=np.zeros(k, np.int64), sum=np.zeros(k),
+                             sumsq=np.zeros(k), cost=cost, weighting=weighting, model=str(identity["model"]),
+                             data=str(identity["data"]), meta=meta, seed_start=start, next_seed=start,
+                             runs=np.zeros((0, 3), np.int64), run_info=[])
+
+        first = st.next_seed
+        todo = int(n_req) if num_samples is not None else max(0, int(n_req) - st.samples)
+        stop = first + todo
+        if todo == 0:
+            log.info("probe file %s already has %d samples per interval; nothing to add", path, st.samples)
+            if not path.exists():
+                _write(path, st)
+            return st
+
+        info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
+                          weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)
+        runs = np.concatenate([st.runs, [[first, first, stop]]]).astype(np.int64)
+        run_info = st.run_info + [info]
+        sigmas = st.sigmas
+        count, acc, acc2 = st.count.copy(), st.sum.copy(), st.sumsq.copy()
         k = sigmas.size - 1
-        start = 0 if seed is None else int(seed)
-        st = ProbeResult(path=str(path), sigmas=sigmas, count=np.zeros(k, np.int64), sum=np.zeros(k),
-                         sumsq=np.zeros(k), cost=cost, weighting=weighting, model=str(identity["model"]),
-                         data=str(identity["data"]), meta=meta, seed_start=start, next_seed=start,
-                         runs=np.zeros((0, 3), np.int64), run_info=[])
-
-    first = st.next_seed
-    todo = int(n_req) if num_samples is not None else max(0, int(n_req) - st.samples)
-    stop = first + todo
-    if todo == 0:
-        log.info("probe file %s already has %d samples per interval; nothing to add", path, st.samples)
-        if not path.exists():
-            _write(path, st)
+        log.info("probe: %d samples per interval on %d intervals (%s), seeds %d..%d, batch %d, into %s",
+                 todo, k, _describe_grid(sigmas), first, stop - 1, batch, path)
+        with torch.no_grad():
+            for b0 in range(first, stop, batch):
+                seeds = list(range(b0, min(b0 + batch, stop)))
+                costs = np.empty((len(seeds), k))
+                for i in range(k):
+                    x0, eps = interval_inputs(data_sampler, seeds, i)
+                    model = _conditioned(denoise, data_sampler, derive_seeds(seeds, i, 0).tolist())
+                    if cost == "corrector":
+                        c = corrector_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
+                                            float(sigmas[i + 1]), weighting=weighting, dtype=dtype)
+                    else:
+                        xi = rademacher(derive_seeds(seeds, i, 2), x0.shape[1:], hutchinson)
+                        c = predictor_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
+                                            float(sigmas[i + 1]), xi.to(device), weighting=weighting, dtype=dtype)
+                    costs[:, i] = c.cpu().numpy()
+                if not np.isfinite(costs).all():
+                    bad = np.argwhere(~np.isfinite(costs))[0]
+                    raise DataError(f"non-finite cost for seed {seeds[bad[0]]} on interval "
+                                    f"[{sigmas[bad[1]]:g}, {sigmas[bad[1] + 1]:g}]: check the denoiser at these sigmas")
+                # Sequential (sample-by-sample) float64 accumulation: independent of batching and interruptions.
+                acc = np.add.accumulate(np.vstack([acc, costs]), axis=0)[-1]
+                acc2 = np.add.accumulate(np.vstack([acc2, costs**2]), axis=0)[-1]
+                count = count + len(seeds)
+                runs[-1, 1] = seeds[-1] + 1
+                st = ProbeResult(path=str(path), sigmas=sigmas, count=count, sum=acc, sumsq=acc2, cost=st.cost,
+                                 weighting=st.weighting, model=st.model, data=st.data, meta=st.meta,
+                                 seed_start=st.seed_start, next_seed=seeds[-1] + 1, runs=runs.copy(), run_info=run_info)
+                _write(path, st)
+                log.debug("probe: seeds up to %d done (%d of %d)", seeds[-1], seeds[-1] + 1 - first, todo)
+                if callback is not None:
+                    callback(seeds[-1] + 1 - first, todo)
+        log.info("probe: %s now has %d samples per interval", path, st.samples)
         return st
-
-    from adasched.io import provenance
-
-    info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
-                      weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)
-    runs = np.concatenate([st.runs, [[first, first, stop]]]).astype(np.int64)
-    run_info = st.run_info + [info]
-    sigmas = st.sigmas
-    count, acc, acc2 = st.count.copy(), st.sum.copy(), st.sumsq.copy()
-    k = sigmas.size - 1
-    log.info("probe: %d samples per interval on %d intervals (%s), seeds %d..%d, batch %d, into %s",
-             todo, k, _describe_grid(sigmas), first, stop - 1, batch, path)
-    with torch.no_grad():
-        for b0 in range(first, stop, batch):
-            seeds = list(range(b0, min(b0 + batch, stop)))
-            costs = np.empty((len(seeds), k))
-            for i in range(k):
-                x0, eps = interval_inputs(data_sampler, seeds, i)
-                model = _conditioned(denoise, data_sampler, derive_seeds(seeds, i, 0).tolist())
-                if cost == "corrector":
-                    c = corrector_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
-                                        float(sigmas[i + 1]), weighting=weighting, dtype=dtype)
-                else:
-                    xi = rademacher(derive_seeds(seeds, i, 2), x0.shape[1:], hutchinson)
-                    c = predictor_costs(model, x0.to(device), eps.to(device), float(sigmas[i]),
-                                        float(sigmas[i + 1]), xi.to(device), weighting=weighting, dtype=dtype)
-                costs[:, i] = c.cpu().numpy()
-            if not np.isfinite(costs).all():
-                bad = np.argwhere(~np.isfinite(costs))[0]
-                raise DataError(f"non-finite cost for seed {seeds[bad[0]]} on interval "
-                                f"[{sigmas[bad[1]]:g}, {sigmas[bad[1] + 1]:g}]: check the denoiser at these sigmas")
-            # Sequential (sample-by-sample) float64 accumulation: independent of batching and interruptions.
-            acc = np.add.accumulate(np.vstack([acc, costs]), axis=0)[-1]
-            acc2 = np.add.accumulate(np.vstack([acc2, costs**2]), axis=0)[-1]
-            count = count + len(seeds)
-            runs[-1, 1] = seeds[-1] + 1
-            st = ProbeResult(path=str(path), sigmas=sigmas, count=count, sum=acc, sumsq=acc2, cost=st.cost,
-                             weighting=st.weighting, model=st.model, data=st.data, meta=st.meta,
-                             seed_start=st.seed_start, next_seed=seeds[-1] + 1, runs=runs.copy(), run_info=run_info)
-            _write(path, st)
-            log.debug("probe: seeds up to %d done (%d of %d)", seeds[-1], seeds[-1] + 1 - first, todo)
-            if callback is not None:
-                callback(seeds[-1] + 1 - first, todo)
-    log.info("probe: %s now has %d samples per interval", path, st.samples)
-    return st

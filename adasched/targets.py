@@ -224,16 +224,23 @@ class PowerLawGaussian:
 
     @classmethod
     def from_json(cls, obj: Any, source: str = "powerlaw") -> "PowerLawGaussian":
-        valid = {"shape", "alpha", "scale", "mean"}
+        valid = {"shape", "alpha", "scale", "mean", "eigenbasis"}
         if not isinstance(obj, dict):
             raise ModelError(f"{source}: expected a JSON object with keys {', '.join(sorted(valid))}")
         unknown = sorted(set(obj) - valid)
         if unknown:
             raise ModelError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        if not isinstance(obj.get("eigenbasis", False), bool):
+            raise ModelError(f"{source}: 'eigenbasis' must be true or false, got {obj['eigenbasis']!r}")
         try:
             return cls(source=source, **obj)
         except TypeError:
             raise ModelError(f"{source}: 'shape' must be a list of 3 integers and the rest numbers") from None
+
+    def to_json(self) -> dict:
+        """The file form (:meth:`from_json`); ``eigenbasis`` only when set."""
+        out = {"shape": list(self.shape), "alpha": self.alpha, "scale": self.scale, "mean": self.mean}
+        return {**out, "eigenbasis": True} if self.eigenbasis else out
 
     def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma

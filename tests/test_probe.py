@@ -1,6 +1,8 @@
 """The corrector-cost estimator (paper.md §3.2) against §6 closed forms, and its HDF5 store."""
 
+import errno
 import json
+import os
 
 import h5py
 import numpy as np
@@ -9,6 +11,8 @@ import torch
 
 import adasched
 from adasched.errors import AdaschedError, DataError, SolverError
+from adasched.io import exclusive_lock
+from adasched.models import content_hash
 from adasched.optimize import cumulative_length, schedule_uncertainty, score_optimal_from_probes, \
     score_optimal_schedule, score_optimal_sigmas
 from adasched.probe import (
@@ -16,6 +20,7 @@ from adasched.probe import (
     dataset_sampler,
     derive_seeds,
     interval_inputs,
+    check_model,
     probe,
     probe_grid,
     read_probes,
@@ -23,6 +28,7 @@ from adasched.probe import (
 )
 from adasched.schedules import Schedule
 from adasched.targets import GaussianMixture
+from child_process import full_disk, python, run
 from test_optimize import exact_schedule, gaussian_cost, gaussian_iso_cost, gaussian_iso_length, log_grid, \
     mixture_costs
 
@@ -212,11 +218,87 @@ def test_mismatch_is_refused_and_file_unchanged(tmp_path):
         quick(path, 10, sigmas=probe_grid(5, 0.01, 10.0))
     with pytest.raises(DataError, match="weighted by the 'lower' sigma.*'upper'"):
         quick(path, 10, weighting="upper")
-    with pytest.raises(DataError, match="model='gmm:test'.*model='gmm:other'"):
-        quick(path, 10, meta={"model": "gmm:other"})
+    other = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.5]], [[0.01, 0.1], [0.05, 0.03]])  # one variance
+    with pytest.raises(DataError, match=f"made with model gmm:test \\(content {content_hash(MIX)[:12]}\\), not with "
+                                        f"gmm:test \\(content {content_hash(other)[:12]}\\)"):
+        probe(other, target_sampler(other), GRID, 10, path, batch=8, dtype=F64, meta={"model": "gmm:test"})
     with pytest.raises(DataError, match="seeds from 0"):
         quick(path, 10, seed=5)
     assert path.read_bytes() == before
+
+
+def test_the_model_is_known_by_content_not_by_spec(tmp_path):
+    """The same mixture saved under another path (another SPEC) adds to the file; the file records the hash."""
+    path = tmp_path / "p.h5"
+    quick(path, 10, meta={"model": "gmm:a.json"})
+    again = GaussianMixture(*(MIX.to_json()[k] for k in ("weights", "means", "variances")))  # a fresh load
+    res = probe(again, target_sampler(again), GRID, 6, path, batch=8, dtype=F64, meta={"model": "gmm:copy/b.json"})
+    assert res.samples == 16 and res.model == "gmm:a.json" and res.meta["model_hash"] == content_hash(MIX)
+    assert read_probes(path).meta["model_hash"] == content_hash(again)
+
+
+def test_check_model_for_a_fit_on_the_probed_model(tmp_path):
+    path = tmp_path / "p.h5"
+    quick(path, 4, meta={"model": "gmm:a.json"})
+    assert check_model(path, MIX, "gmm:elsewhere.json").samples == 4  # same content, any SPEC
+    assert check_model(read_probes(path), MIX, "gmm:a.json").path == str(path)
+    other = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.6]], [[0.01, 0.1], [0.05, 0.02]])
+    with pytest.raises(DataError, match=f"made with model gmm:a.json \\(content {content_hash(MIX)[:12]}\\), "
+                                        f"not with gmm:a.json \\(content {content_hash(other)[:12]}\\)"):
+        check_model(path, other, "gmm:a.json")
+
+
+def test_a_file_without_the_model_hash_is_checked_by_spec_with_a_warning(tmp_path, caplog):
+    """Files written before the content hash was recorded: the old SPEC (and file sha256) comparison."""
+    path = tmp_path / "p.h5"
+    quick(path, 4, meta={"model": "gmm:a.json"})
+    with h5py.File(path, "r+", locking=False) as f:  # as an older adasched wrote it
+        meta = json.loads(f.attrs["meta"])
+        del meta["model_hash"]
+        f.attrs["meta"] = json.dumps(meta)
+    with pytest.raises(DataError, match="model='gmm:a.json', this run has model='gmm:b.json'"):
+        check_model(path, MIX, "gmm:b.json")
+    with caplog.at_level("WARNING", logger="adasched.probe"):
+        assert quick(path, 2, meta={"model": "gmm:a.json"}).samples == 6
+    assert "records no model content hash" in caplog.text and "gmm:a.json" in caplog.text
+    with pytest.raises(DataError, match="model='gmm:a.json', this run has model='gmm:b.json'"):
+        quick(path, 2, meta={"model": "gmm:b.json"})
+
+
+def test_content_hash_follows_the_parameters_not_the_object():
+    from adasched.targets import PowerLawGaussian
+
+    twin = GaussianMixture.from_json(json.loads(json.dumps(MIX.to_json())), source="elsewhere.json")
+    assert content_hash(twin) == content_hash(MIX)
+    nudged = MIX.to_json()
+    nudged["means"][1][1] = np.nextafter(0.5, 1.0)  # one ulp
+    assert content_hash(GaussianMixture.from_json(nudged)) != content_hash(MIX)
+    pl = PowerLawGaussian((1, 4, 4), alpha=2.0)
+    assert content_hash(PowerLawGaussian.from_json(pl.to_json())) == content_hash(pl)
+    assert len({content_hash(pl), content_hash(pl.in_eigenbasis()),
+                content_hash(GaussianMixture([1.0], [[0.0] * 16], [[1.0] * 16]))}) == 3
+    assert content_hash(lambda x, sigma: x) is None  # nothing to hash: probe falls back to the SPEC
+
+
+def test_content_hash_of_a_network_is_its_weights():
+    """The same weights hash alike in any denoiser object; one changed weight or a dtype changes the hash."""
+    from adasched.edm import EDMDenoiser
+
+    class Precond(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+    torch.manual_seed(0)
+    a = Precond()
+    b = Precond()
+    b.load_state_dict(a.state_dict())
+    assert content_hash(EDMDenoiser(a, source="x.pkl")) == content_hash(EDMDenoiser(b, source="y.pkl"))
+    with torch.no_grad():
+        b.lin.bias[0] += 1e-6
+    assert content_hash(EDMDenoiser(b)) != content_hash(EDMDenoiser(a))
+    b.load_state_dict(a.state_dict())
+    assert content_hash(EDMDenoiser(b.to(torch.bfloat16))) != content_hash(EDMDenoiser(a))
 
 
 class Crash(RuntimeError):
@@ -249,6 +331,54 @@ def test_crash_then_resume_is_exact(tmp_path):
     ref = quick(tmp_path / "ref.h5", 40)
     assert same(done, ref) and same(read_probes(path), ref) and read_probes(path).complete
     np.testing.assert_array_equal(read_probes(path).runs, [[0, 16, 40], [16, 40, 40]])
+
+
+def child_probe(path, n):
+    """Code for a child process: ``quick(path, n)``, printing an AdaschedError's line and exiting 3."""
+    return f"""
+import logging, sys
+import torch
+from adasched.errors import AdaschedError
+from adasched.probe import probe, probe_grid, target_sampler
+from adasched.targets import GaussianMixture
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+MIX = GaussianMixture.from_json({MIX.to_json()!r})
+try:
+    probe(MIX, target_sampler(MIX), probe_grid(4, 0.01, 10.0), {n}, {str(path)!r}, batch=8, dtype=torch.float64,
+          meta={{"model": "gmm:test"}})
+except AdaschedError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_probe_file(tmp_path):
+    """HDF5 writing a file on a full disk crashed the interpreter at exit; now one line, the old file kept."""
+    path = tmp_path / "p.h5"
+    quick(path, 8)
+    before = path.read_bytes()
+    r = run(full_disk(len(before) // 2) + child_probe(path, 8))
+    assert (r.returncode, r.stdout) == (3, f"cannot write {path}: [Errno {errno.EFBIG}] {os.strerror(errno.EFBIG)}\n")
+    assert "Traceback" not in r.stderr and "HDF5" not in r.stderr
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.h5"]
+
+
+def test_two_processes_appending_to_one_file_lose_no_samples(tmp_path):
+    """While one probe holds the file the other waits, then continues with the next seeds: the file ends with
+    both runs on disjoint seeds, bit-identical to one run of all the samples."""
+    path, n = tmp_path / "p.h5", 24
+    with exclusive_lock(path.with_name(path.name + ".lock")):  # both start while the file is held
+        children = [python(child_probe(path, n)) for _ in range(2)]
+        for c in children:
+            while "waiting for" not in (line := c.stderr.readline()):
+                assert line, f"child exited without waiting: {c.communicate()}"
+    for c in children:
+        out, err = c.communicate(timeout=300)
+        assert c.returncode == 0, out + err
+    res = read_probes(path)
+    np.testing.assert_array_equal(res.runs, [[0, n, n], [n, 2 * n, 2 * n]])
+    assert res.samples == 2 * n and same(res, quick(tmp_path / "one.h5", 2 * n))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "p.h5"]  # no lock or temporary file left
 
 
 def test_non_finite_denoiser_output_is_an_error(tmp_path):
