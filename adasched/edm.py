@@ -264,18 +264,18 @@ def read_trusted_pickle(path: str | os.PathLike, *, pinned: str | None = None, r
     """Unpickle ``path`` only if a trust rule admits it; return ``(object, sha256)``.
 
     Unpickling runs code, so this is the one gate of every EDM pickle, and these are all the rules.
-    The file is opened once, hashed, and unpickled from the same handle when its sha256
+    The file is opened once, hashed, and unpickled from the same handle only when
 
-    1. equals ``pinned``, the hash pinned by the SPEC suffix ``#sha256=HEX``, by ``sha256=`` or, for a
-       registered URL, by :mod:`adasched.registry`; a file with another hash is refused, ``trust`` or not;
-    2. is pinned in :mod:`adasched.registry` (the file is then that published checkpoint, wherever it
-       lies);
-    3. equals ``recorded``, the hash that the lock file of the cache folder recorded for the URL or
-       registered name that ``path`` is the cached download of (:func:`load_edm` passes it for such a
-       download only, never for a local path, so no lock file, wherever it lies and whatever it
-       records, makes a local file trusted); a download with another hash is refused;
-
-    or when 4. ``trust`` is true (CLI ``--trust-pickle``): the caller vouches for the file.
+    1. its sha256 equals ``pinned``, the hash pinned by the SPEC suffix ``#sha256=HEX``, by
+       ``sha256=`` or, for a registered URL, by :mod:`adasched.registry`; a file with another hash is
+       refused, ``trust`` or not;
+    2. its sha256 is pinned in :mod:`adasched.registry` (the file is then that published checkpoint,
+       wherever it lies);
+    3. its sha256 equals ``recorded``, the hash that the lock file of the cache folder recorded for
+       the URL or registered name that ``path`` is the cached download of (:func:`load_edm` passes it
+       for such a download only, never for a local path, so no lock file, wherever it lies and
+       whatever it records, makes a local file trusted); a download with another hash is refused;
+    4. or ``trust`` is true (CLI ``--trust-pickle``): the caller vouches for the file.
 
     Anything else is refused before a byte reaches :mod:`pickle`, with one line naming the file, its
     sha256 and the ways to trust it.
@@ -323,9 +323,9 @@ def read_trusted_pickle(path: str | os.PathLike, *, pinned: str | None = None, r
 def default_cache_dir() -> Path:
     """The cache folder of downloaded models and of their lock file ``adasched-lock.json``.
 
-    ``$ADASCHED_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adasched``, else ``~/.cache/adasched``: a
-    folder the user chose, never one found in the working directory, where a project folder could
-    ship a lock file that trusts its own pickles.
+    ``$ADASCHED_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adasched``, else ``~/.cache/adasched``;
+    never a folder found under the working directory, where a project could ship a lock file and a
+    "cached" checkpoint that trust its own pickles.
     """
     configured = os.environ.get("ADASCHED_CACHE_DIR")
     if configured:

@@ -10,19 +10,24 @@ only while it writes.
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import hashlib
+import http.server
 import importlib.util
 import pickle
 import sys
+import threading
 import types
 
 import pytest
 import torch
 
 from adasched import edm, registry
-from adasched.download import lock_entry
+from adasched.download import lock_entry, record_hash
 from adasched.edm import EDMDenoiser, load_edm, parse_spec
 from adasched.errors import AdaschedError, DownloadError, ModelError
+from adasched.models import load_model
 
 # A tiny network with EDM's preconditioning (Karras et al. 2022, Table 1), written for this test.
 SRC = '''
@@ -289,8 +294,6 @@ def test_recorded_hash_of_changed_url_is_refused_without_running_code(tmp_path, 
 
 
 def test_trust_loads_unpinned_file(uncond, tmp_path, caplog):
-    from adasched.models import load_model
-
     net, path, _ = uncond
     D = load_model(f"edm:{path}", trust=True, cache_dir=tmp_path / "cache")
     x, sigma = _inputs()
@@ -457,21 +460,9 @@ def _payload(path, marker):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _lock(path, records):
-    """A lock file in adasched's format recording ``{url: sha256}``."""
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": "adasched-lock/1",
-                                "files": {u: {"sha256": h} for u, h in records.items()}}))
-
-
 @contextlib.contextmanager
 def _serve(folder):
     """Serve ``folder`` over HTTP on 127.0.0.1; yields the base URL."""
-    import functools
-    import http.server
-    import threading
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -498,7 +489,6 @@ def test_lock_file_never_trusts_a_local_pickle(tmp_path, no_edm_code, monkeypatc
     through load_model and through ``adasched sample`` is refused in one line and the payload never
     runs.  Pinned, the same file does run (the payload is real)."""
     from adasched.cli import main
-    from adasched.models import load_model
 
     work, cache = tmp_path / "project", tmp_path / "cache"
     work.mkdir()
@@ -514,7 +504,7 @@ def test_lock_file_never_trusts_a_local_pickle(tmp_path, no_edm_code, monkeypatc
            "registered-name": registry.get_model(REGISTERED).url,
            "own-file-url": (work / "model.pkl").as_uri()}[key]
     lock_dir = work / "resources" / "models" if where == "working-directory" else cache
-    _lock(lock_dir / "adasched-lock.json", {url: digest})
+    record_hash(lock_dir / "adasched-lock.json", url, digest)
 
     with pytest.raises(ModelError) as e:
         load_model("edm:model.pkl")
@@ -549,8 +539,6 @@ def test_registered_name_is_fetched_into_the_user_cache_not_the_working_director
     a checkpoint and lock file shipped in ``./resources/models`` are never looked at, the checkpoint
     is downloaded (here from a loopback server) and recorded for its URL, and later loads are checked
     against that record."""
-    from adasched.models import load_model
-
     served = tmp_path / "served"
     served.mkdir()
     good = _build(SRC, "tiny_served", img_resolution=8, img_channels=3)
@@ -562,7 +550,7 @@ def test_registered_name_is_fetched_into_the_user_cache_not_the_working_director
     shipped.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     evil = _payload(shipped / entry.filename, marker)
-    _lock(shipped / "adasched-lock.json", {entry.url: evil})
+    record_hash(shipped / "adasched-lock.json", entry.url, evil)
     monkeypatch.chdir(work)
     monkeypatch.delenv("ADASCHED_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -570,8 +558,6 @@ def test_registered_name_is_fetched_into_the_user_cache_not_the_working_director
     assert edm.default_cache_dir() == cache
 
     with _serve(served) as base:
-        import dataclasses
-
         monkeypatch.setitem(registry.MODELS, REGISTERED, dataclasses.replace(entry, url=base + entry.filename))
         D = load_model(f"edm:{REGISTERED}")
         assert D.sha256 == digest and lock_entry(cache / "adasched-lock.json", base + entry.filename) == digest
