@@ -480,7 +480,7 @@ def _serve(folder):
 
 
 @pytest.mark.parametrize("where", ["working-directory", "cache"])
-@pytest.mark.parametrize("key", ["random-url", "registered-name", "own-file-url"])
+@pytest.mark.parametrize("key", ["random-url", "registered-url", "registered-name", "own-file-url"])
 def test_lock_file_never_trusts_a_local_pickle(tmp_path, no_edm_code, monkeypatch, capsys, where, key):
     """The attack of issue 23: a folder ships model.pkl and a lock file recording its hash.
 
@@ -501,7 +501,7 @@ def test_lock_file_never_trusts_a_local_pickle(tmp_path, no_edm_code, monkeypatc
     marker = tmp_path / "payload-ran"
     digest = _payload(work / "model.pkl", marker)
     url = {"random-url": "https://example.org/f3a9/model.pkl",
-           "registered-name": registry.get_model(REGISTERED).url,
+           "registered-url": registry.get_model(REGISTERED).url, "registered-name": REGISTERED,
            "own-file-url": (work / "model.pkl").as_uri()}[key]
     lock_dir = work / "resources" / "models" if where == "working-directory" else cache
     record_hash(lock_dir / "adasched-lock.json", url, digest)
