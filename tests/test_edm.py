@@ -550,7 +550,6 @@ def test_registered_name_is_fetched_into_the_user_cache_not_the_working_director
     shipped.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     evil = _payload(shipped / entry.filename, marker)
-    record_hash(shipped / "adasched-lock.json", entry.url, evil)
     monkeypatch.chdir(work)
     monkeypatch.delenv("ADASCHED_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -558,9 +557,11 @@ def test_registered_name_is_fetched_into_the_user_cache_not_the_working_director
     assert edm.default_cache_dir() == cache
 
     with _serve(served) as base:
-        monkeypatch.setitem(registry.MODELS, REGISTERED, dataclasses.replace(entry, url=base + entry.filename))
+        url = base + entry.filename
+        monkeypatch.setitem(registry.MODELS, REGISTERED, dataclasses.replace(entry, url=url))
+        record_hash(shipped / "adasched-lock.json", url, evil)  # what the old default cache would have trusted
         D = load_model(f"edm:{REGISTERED}")
-        assert D.sha256 == digest and lock_entry(cache / "adasched-lock.json", base + entry.filename) == digest
+        assert D.sha256 == digest and lock_entry(cache / "adasched-lock.json", url) == digest
         assert (cache / entry.filename).read_bytes() == (served / entry.filename).read_bytes()
         x, sigma = _inputs()
         with torch.no_grad():
