@@ -9,8 +9,8 @@ Model SPEC: ``diffusers:DIR_OR_HUB_ID[@REVISION]``
 * ``diffusers:OWNER/NAME@REVISION`` names a Hugging Face Hub repository.  On first use it is
   fetched with :func:`huggingface_hub.snapshot_download` at that revision (pin a commit hash:
   without ``@REVISION`` the moving ``main`` branch is used, with a warning) into
-  ``CACHE/diffusers/OWNER--NAME@REVISION`` (``CACHE``: ``cache_dir=``, else ``$ADASCHED_CACHE_DIR``,
-  else ``resources/models``), and loaded from there exactly as a local folder is.  A complete
+  ``CACHE/diffusers/OWNER--NAME@REVISION`` (``CACHE``: ``cache_dir=``, else
+  :func:`adasched.edm.default_cache_dir`), and loaded from there exactly as a local folder is.  A complete
   folder already there is used without any network access (compute nodes, ``HF_HUB_OFFLINE=1``);
   offline, a missing one is a :class:`~adasched.errors.ModelError` naming the folder to fill by hand.
 
@@ -355,7 +355,7 @@ def load_diffusers(argument: str | os.PathLike, *, device: str | torch.device = 
     trust:
         Load a pickle checkpoint (``.bin``) when the folder has no safetensors weights.
     cache_dir:
-        Root of the download folders (default ``$ADASCHED_CACHE_DIR`` or ``resources/models``).
+        Root of the download folders (default :func:`adasched.edm.default_cache_dir`).
     download:
         Allow fetching a Hub id that is not in the cache yet.
     """

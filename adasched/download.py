@@ -16,7 +16,9 @@ Supported URLs: ``https://``, ``http://``, ``file://`` and ``hf://[datasets/]OWN
 (Hugging Face Hub, through the optional ``huggingface_hub`` package).
 
 The lock file is JSON, ``{"format": "adasched-lock/1", "files": {URL: {"sha256": HEX, "size": N}}}``;
-commit it beside the config to make later runs check the same bytes.
+commit it beside the config to make later runs check the same bytes.  A record is bound to its URL:
+it verifies the download of that URL and nothing else (:mod:`adasched.edm` trusts a pickle through
+a record only when the pickle is the cached download of the record's URL).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 from adasched.errors import DownloadError
 from adasched.io import atomic_path, exclusive_lock, sha256_file
 
-__all__ = ["fetch", "read_lock", "lock_entry", "record_hash", "recorded_hashes", "LOCK_FORMAT"]
+__all__ = ["fetch", "read_lock", "lock_entry", "record_hash", "LOCK_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +86,6 @@ def lock_entry(lockfile: str | os.PathLike | None, key: str) -> str | None:
     if entry is None:
         return None
     return _check_hex(entry.get("sha256"), f"sha256 recorded for {key} in {lockfile}")
-
-
-def recorded_hashes(lockfile: str | os.PathLike | None) -> set[str]:
-    """Every sha256 recorded in the lock file."""
-    return {e["sha256"] for e in read_lock(lockfile).values() if isinstance(e, dict) and "sha256" in e}
 
 
 def record_hash(lockfile: str | os.PathLike, key: str, sha256: str, **info) -> None:

@@ -3,23 +3,24 @@
 .. warning::
    **Unpickling executes code.**  An EDM pickle stores the Python *source* of the modules that
    define its networks and runs that source with ``exec`` while it is loaded, and any pickle can
-   call any importable function.  A malicious file can therefore do anything you can.  This module
-   refuses, before a single byte reaches :mod:`pickle`, every file whose sha256 is neither pinned
-   (in :mod:`adasched.registry`, or passed as ``sha256=``) nor recorded in the lock file, unless
-   ``trust=True`` is passed explicitly.
+   call any importable function.  A malicious file can therefore do anything you can.  Every file
+   passes :func:`read_trusted_pickle`, which holds the trust rules and refuses an untrusted file
+   before a single byte reaches :mod:`pickle` (``docs/security.md``).
 
 Model SPEC: ``edm:SOURCE[#sha256=HEX]`` where SOURCE is
 
 * a registered name, e.g. ``edm:edm-cifar10-32x32-cond-vp`` (see :func:`adasched.registry.list_models`),
-  downloaded into the cache folder on first use;
+  downloaded into the cache folder (:func:`default_cache_dir`) on first use;
 * a URL (``https://``, ``http://``, ``file://``, ``hf://``), downloaded into the cache folder;
 * a local path to a ``.pkl`` file.
 
-The optional ``#sha256=HEX`` suffix pins the file's hash.  A registered name, or a URL already
-recorded in the lock file, is checked against its pinned or recorded hash; the first download of a
-registered but unpinned name records its hash (trust on first use of a curated URL).  Any other
-URL or path needs a pin, a lock-file record, or ``trust=True``; with ``trust=True`` a URL's hash is
-recorded at its first download, so later loads need no ``trust``.
+The optional ``#sha256=HEX`` suffix pins the file's hash.  A download is checked against its pinned
+hash, else against the hash that the cache folder's lock file (``adasched-lock.json``) recorded for
+its URL; the first download of a registered but unpinned name records its hash there (trust on
+first use of a curated URL).  Any other URL needs a pin, a record, or ``trust=True``, and with
+``trust=True`` its hash is recorded at its first download, so later loads of that URL need no
+``trust``.  A local path is trusted only by a pin (in the SPEC, or in the registry) or ``trust=True``:
+no lock file makes it trusted.
 
 The pickle format (EDM's ``torch_utils.persistence``, format version 6) is read by a small
 clean-room shim, no EDM code is needed or vendored: each persistent object pickles as
@@ -59,8 +60,9 @@ import torch
 
 from adasched import registry
 from adasched.denoisers import NetworkDenoiser
-from adasched.download import fetch, lock_entry, recorded_hashes
+from adasched.download import fetch, lock_entry
 from adasched.errors import AdaschedError, ModelError
+from adasched.models import register
 
 __all__ = ["EDMDenoiser", "load_edm", "parse_spec", "read_trusted_pickle", "install_shim",
            "default_cache_dir", "EDM_SIGMA_MIN", "EDM_SIGMA_MAX"]
@@ -257,13 +259,26 @@ def _sha256_handle(f) -> str:
     return h.hexdigest()
 
 
-def read_trusted_pickle(path: str | os.PathLike, *, trusted: set[str], trust: bool = False,
-                        pinned: str | None = None) -> tuple[Any, str]:
-    """Unpickle ``path`` only if its sha256 is trusted; return ``(object, sha256)``.
+def read_trusted_pickle(path: str | os.PathLike, *, pinned: str | None = None, recorded: str | None = None,
+                        trust: bool = False) -> tuple[Any, str]:
+    """Unpickle ``path`` only if a trust rule admits it; return ``(object, sha256)``.
 
-    The file is opened once, hashed, and unpickled from the same handle.  It is refused, before
-    anything is passed to :mod:`pickle`, when ``pinned`` is given and differs from the hash, or
-    when the hash is not in ``trusted`` and ``trust`` is false.
+    Unpickling runs code, so this is the one gate of every EDM pickle, and these are all the rules.
+    The file is opened once, hashed, and unpickled from the same handle only when
+
+    1. its sha256 equals ``pinned``, the hash pinned by the SPEC suffix ``#sha256=HEX``, by
+       ``sha256=`` or, for a registered URL, by :mod:`adasched.registry`; a file with another hash is
+       refused, ``trust`` or not;
+    2. its sha256 is pinned in :mod:`adasched.registry` (the file is then that published checkpoint,
+       wherever it lies);
+    3. its sha256 equals ``recorded``, the hash that the lock file of the cache folder recorded for
+       the URL or registered name that ``path`` is the cached download of (:func:`load_edm` passes it
+       for such a download only, never for a local path, so no lock file, wherever it lies and
+       whatever it records, makes a local file trusted); a download with another hash is refused;
+    4. or ``trust`` is true (CLI ``--trust-pickle``): the caller vouches for the file.
+
+    Anything else is refused before a byte reaches :mod:`pickle`, with one line naming the file, its
+    sha256 and the ways to trust it.
     """
     path = Path(path)
     try:
@@ -277,12 +292,17 @@ def read_trusted_pickle(path: str | os.PathLike, *, trusted: set[str], trust: bo
         if pinned is not None and actual != pinned:
             raise ModelError(f"refusing to unpickle {path}: its sha256 is {actual}, expected the "
                              f"pinned {pinned}")
-        if pinned is None and actual not in trusted:
+        if pinned is None and recorded is not None and actual != recorded:
+            raise ModelError(f"refusing to unpickle {path}: its sha256 is {actual}, expected "
+                             f"{recorded}, recorded for its download")
+        if pinned is None and recorded is None and actual not in registry.pinned_hashes():
             if not trust:
                 raise ModelError(
-                    f"refusing to unpickle {path}: unpickling runs code, and its sha256 {actual} "
-                    f"is not pinned in the registry or recorded in the lock file. Pin it "
-                    f"(SPEC suffix #sha256=HEX), or pass trust=True if you trust this file")
+                    f"refusing to unpickle {path} (sha256 {actual}): unpickling runs code, and the "
+                    f"file is neither pinned nor a recorded download. Trust it by pinning its hash "
+                    f"(SPEC suffix #sha256=HEX), by passing --trust-pickle (trust=True) if you trust "
+                    f"its source, or by loading it by registered name or URL (edm:NAME, edm:URL) so "
+                    f"that its download is checked against the cache folder's lock file")
             logger.warning("unpickling %s (sha256 %s), which is not pinned: trust=True", path, actual)
         f.seek(0)
         install_shim()
@@ -301,8 +321,17 @@ def read_trusted_pickle(path: str | os.PathLike, *, trusted: set[str], trust: bo
 
 
 def default_cache_dir() -> Path:
-    """``$ADASCHED_CACHE_DIR``, else ``resources/models`` under the working directory."""
-    return Path(os.environ.get("ADASCHED_CACHE_DIR", "resources/models"))
+    """The cache folder of downloaded models and of their lock file ``adasched-lock.json``.
+
+    ``$ADASCHED_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adasched``, else ``~/.cache/adasched``;
+    never a folder found under the working directory, where a project could ship a lock file and a
+    "cached" checkpoint that trust its own pickles.
+    """
+    configured = os.environ.get("ADASCHED_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "adasched"
 
 
 _PIN = re.compile(r"#sha256=([0-9a-fA-F]{64})$")
@@ -323,30 +352,33 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _resolve(source: str, pinned: str | None, *, trust: bool, cache_dir: Path,
-             lockfile: Path) -> tuple[Path, str | None]:
-    """Local path of ``source`` (downloading it when needed) and the hash it must have, if pinned."""
+             lockfile: Path) -> tuple[Path, str | None, str | None]:
+    """``(local path, pinned hash, recorded hash)`` of ``source``, downloading it when needed.
+
+    The recorded hash is the lock file's record for the URL a download came from; a local path has
+    none, whatever any lock file holds (:func:`read_trusted_pickle`).
+    """
     stem = source[:-4] if source.endswith(".pkl") else source
-    if source.startswith(_URL_SCHEMES) or (stem in registry.MODELS and not Path(source).exists()):
-        if source.startswith(_URL_SCHEMES):
-            url = source
-        else:
-            url = registry.get_model(stem).url
-        curated = url in {m.url for m in registry.MODELS.values()}
-        pinned = pinned or registry.pinned_sha256(url)
-        if not (pinned or curated or trust or lock_entry(lockfile, url)):
-            # Refuse before downloading: recording the hash of an arbitrary URL at its first
-            # download would otherwise make it trusted.
-            raise ModelError(f"refusing to load {url}: unpickling runs code, and its sha256 is not "
-                             f"pinned in the registry or recorded in {lockfile}. Pin it (SPEC "
-                             f"suffix #sha256=HEX), or pass trust=True to record it at first download")
-        name = urllib.parse.urlparse(url).path.rsplit("/", 1)[-1] or "model.pkl"
-        path = fetch(url, cache_dir / name, sha256=pinned, lockfile=lockfile)
-        # fetch verified the bytes against the pin or the lock file (or recorded them).
-        return path, pinned or lock_entry(lockfile, url)
-    if not Path(source).exists():
-        raise ModelError(f"EDM pickle not found: {source} is neither a file, a URL nor a registered "
-                         f"name; registered models: {', '.join(registry.list_models())}")
-    return Path(source), pinned
+    downloaded = source.startswith(_URL_SCHEMES) or (stem in registry.MODELS and not Path(source).exists())
+    if not downloaded:
+        if not Path(source).exists():
+            raise ModelError(f"EDM pickle not found: {source} is neither a file, a URL nor a registered "
+                             f"name; registered models: {', '.join(registry.list_models())}")
+        return Path(source), pinned, None
+    url = source if source.startswith(_URL_SCHEMES) else registry.get_model(stem).url
+    curated = url in {m.url for m in registry.MODELS.values()}
+    pinned = pinned or registry.pinned_sha256(url)
+    if not (pinned or curated or trust or lock_entry(lockfile, url)):
+        # Refuse before downloading: recording the hash of an arbitrary URL at its first
+        # download would otherwise make it trusted.
+        raise ModelError(f"refusing to load {url}: unpickling runs code, and its sha256 is neither "
+                         f"pinned nor recorded for this URL in {lockfile}. Pin it (SPEC suffix "
+                         f"#sha256=HEX), or pass --trust-pickle (trust=True) to record it at its first "
+                         f"download")
+    name = urllib.parse.urlparse(url).path.rsplit("/", 1)[-1] or "model.pkl"
+    path = fetch(url, cache_dir / name, sha256=pinned, lockfile=lockfile)
+    # fetch verified the bytes against the pin or the record for this URL (or recorded them).
+    return path, pinned, lock_entry(lockfile, url)
 
 
 def load_edm(spec: str | os.PathLike, *, device: str | torch.device = "cpu", trust: bool = False,
@@ -362,12 +394,14 @@ def load_edm(spec: str | os.PathLike, *, device: str | torch.device = "cpu", tru
     device:
         Where the network goes; nothing defaults to CUDA.
     trust:
-        Unpickle even when the file's hash is neither pinned nor recorded.  Unpickling runs code.
+        Unpickle even when the file's hash is neither pinned nor recorded (CLI ``--trust-pickle``).
+        Unpickling runs code.
     sha256:
         Pin the file's hash (as the SPEC suffix does).
     cache_dir, lockfile:
-        Where downloads go (default :func:`default_cache_dir`) and the lock file of recorded hashes
-        (default ``cache_dir / "adasched-lock.json"``).
+        Where downloads go (default :func:`default_cache_dir`) and the lock file of the hashes
+        recorded for their URLs (default ``cache_dir / "adasched-lock.json"``); a record trusts only
+        the download of its URL, never a local path (:func:`read_trusted_pickle`).
     key:
         Which network of the pickled dict to use (EDM: ``"ema"``).
     """
@@ -380,9 +414,8 @@ def load_edm(spec: str | os.PathLike, *, device: str | torch.device = "cpu", tru
         pinned = sha256
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     lock = Path(lockfile) if lockfile is not None else cache / "adasched-lock.json"
-    path, pinned = _resolve(source, pinned, trust=trust, cache_dir=cache, lockfile=lock)
-    trusted = registry.pinned_hashes() | recorded_hashes(lock)
-    data, digest = read_trusted_pickle(path, trusted=trusted, trust=trust, pinned=pinned)
+    path, pinned, recorded = _resolve(source, pinned, trust=trust, cache_dir=cache, lockfile=lock)
+    data, digest = read_trusted_pickle(path, pinned=pinned, recorded=recorded, trust=trust)
     if not isinstance(data, dict) or key not in data:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ModelError(f"EDM pickle {path} should hold a dict with key {key!r}; found {found}")
@@ -395,7 +428,6 @@ def load_edm(spec: str | os.PathLike, *, device: str | torch.device = "cpu", tru
 
 def _register_spec_kind() -> None:
     """Make ``edm:`` a kind of :func:`adasched.models.load_model` (options: those of load_edm)."""
-    from adasched.models import register
 
     @register("edm")
     def _load_edm_spec(argument: str, *, device="cpu", trust=False, sha256=None, cache_dir=None,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from adasched.errors import ScheduleError
+from adasched.io import read_json, write_json
 
 __all__ = [
     "Schedule",
@@ -36,6 +37,10 @@ SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 
 
+#: What a NumPy dtype kind that is not a real number holds, for validate_sigmas' error message.
+_NOT_NUMBERS = {"b": "booleans", "U": "strings", "S": "bytes", "c": "complex numbers"}
+
+
 def validate_sigmas(sigmas: Any) -> torch.Tensor:
     """Return ``sigmas`` as a float64 CPU tensor after checking the schedule invariants.
 
@@ -43,16 +48,24 @@ def validate_sigmas(sigmas: Any) -> torch.Tensor:
     tensors on any device, and tensors that require grad, are read through ``detach().cpu()``.
     """
     if isinstance(sigmas, torch.Tensor):
+        if sigmas.dtype == torch.bool or sigmas.is_complex():
+            raise ScheduleError(f"sigmas must be real numbers, found a {sigmas.dtype} tensor")
         s = sigmas.detach().to(device="cpu", dtype=torch.float64, copy=True)
     else:
         try:
-            s = torch.from_numpy(np.array(sigmas, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise ScheduleError("sigmas must be a list of numbers") from None
+            array = np.asarray(sigmas)
+        except ValueError:  # ragged nesting
+            raise ScheduleError("sigmas must be a 1-D list of numbers, found nested lists of unequal "
+                                "lengths") from None
+        if array.dtype.kind not in "iuf":  # no strings, booleans, complex numbers or objects
+            found = _NOT_NUMBERS.get(array.dtype.kind, "values that are not numbers")
+            raise ScheduleError(f"sigmas must be a list of numbers, found {found}")
+        s = torch.from_numpy(array.astype(np.float64))  # astype copies
     if s.ndim != 1 or s.numel() < 2:
         raise ScheduleError(f"sigmas must be a 1-D list of at least 2 values, got shape {tuple(s.shape)}")
     if not torch.isfinite(s).all():
-        raise ScheduleError("sigmas must be finite")
+        i = int(torch.nonzero(~torch.isfinite(s))[0])
+        raise ScheduleError(f"sigmas must be finite, found sigmas[{i}]={s[i].item()}")
     if s[-1] != 0:
         raise ScheduleError(f"sigmas must end in exactly 0, got last value {s[-1].item():g}")
     if (s[:-1] <= 0).any():
@@ -65,12 +78,30 @@ def validate_sigmas(sigmas: Any) -> torch.Tensor:
     return s
 
 
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), ((list, tuple), "array"),
+               (dict, "object"))
+
+
+def _found(value: Any) -> str:
+    """``value`` with the name of its JSON type, for error messages (``float 35.0``, ``string '80'``)."""
+    if value is None:
+        return "null"
+    kind = next((name for types, name in _JSON_TYPES if isinstance(value, types)), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+#: The keys of a schedule file (design.md's schedule JSON); ``params`` and ``provenance`` may be left out.
+_JSON_KEYS = ("sigmas", "method", "solver", "nfe", "params", "provenance")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A validated schedule with what made it (the design's schedule JSON, as a value).
 
     ``sigmas`` is float64 and ends in 0; ``nfe`` is the true number of denoiser evaluations per
-    sample that ``solver`` spends on it.
+    sample that ``solver`` spends on it; ``method`` and ``solver`` are strings, ``params`` and
+    ``provenance`` dicts (copied).
     """
 
     sigmas: torch.Tensor
@@ -82,8 +113,14 @@ class Schedule:
 
     def __post_init__(self):
         object.__setattr__(self, "sigmas", validate_sigmas(self.sigmas))
+        for key, kind, what in (("method", str, "a string"), ("solver", str, "a string"),
+                                ("params", dict, "an object"), ("provenance", dict, "an object")):
+            if not isinstance(getattr(self, key), kind):
+                raise ScheduleError(f"{key} must be {what}, found {_found(getattr(self, key))}")
         if not isinstance(self.nfe, int) or isinstance(self.nfe, bool) or self.nfe < 1:
-            raise ScheduleError(f"nfe must be a positive integer, got {self.nfe!r}")
+            raise ScheduleError(f"nfe must be a positive integer, found {_found(self.nfe)}")
+        object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "provenance", dict(self.provenance))
 
     @property
     def steps(self) -> int:
@@ -101,27 +138,44 @@ class Schedule:
 
     @classmethod
     def from_json(cls, obj: Any, source: str = "schedule") -> "Schedule":
-        if not isinstance(obj, dict):
-            raise ScheduleError(f"{source}: expected a JSON object with a 'sigmas' list")
-        missing = [k for k in ("sigmas", "method", "solver", "nfe") if k not in obj]
-        if missing:
-            raise ScheduleError(f"{source}: missing key(s) {', '.join(missing)}")
+        """The schedule in ``obj``, a parsed schedule file, type-checked strictly.
+
+        ``obj`` must be an object with the keys ``sigmas``, ``method``, ``solver``, ``nfe``, ``params``
+        and ``provenance`` and no others (``params`` and ``provenance`` may be missing): ``sigmas`` an
+        array of numbers (no strings, booleans or nested arrays), finite, positive and strictly
+        decreasing, ending in exactly 0; ``method`` and ``solver`` strings; ``nfe`` a positive integer
+        (not a float or boolean); ``params`` and ``provenance`` objects.  A violation is a
+        :class:`ScheduleError`, one line that starts with ``source`` and names the key, the expected
+        type and what was found.
+        """
         try:
-            return cls(sigmas=obj["sigmas"], method=str(obj["method"]), solver=str(obj["solver"]),
-                       nfe=obj["nfe"], params=dict(obj.get("params", {})),
-                       provenance=dict(obj.get("provenance", {})))
+            if not isinstance(obj, dict):
+                raise ScheduleError(f"expected a JSON object with keys {', '.join(_JSON_KEYS)}, "
+                                    f"found {_found(obj)}")
+            unknown = [k for k in obj if k not in _JSON_KEYS]
+            if unknown:
+                raise ScheduleError(f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+                                    f"{', '.join(_JSON_KEYS)}")
+            missing = [k for k in ("sigmas", "method", "solver", "nfe") if k not in obj]
+            if missing:
+                raise ScheduleError(f"missing key(s) {', '.join(missing)}")
+            sigmas = obj["sigmas"]
+            if not isinstance(sigmas, list):
+                raise ScheduleError(f"sigmas must be an array of numbers, found {_found(sigmas)}")
+            for i, v in enumerate(sigmas):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise ScheduleError(f"sigmas must be an array of numbers, found {_found(v)} at "
+                                        f"sigmas[{i}]")
+            return cls(sigmas=sigmas, method=obj["method"], solver=obj["solver"], nfe=obj["nfe"],
+                       params=obj.get("params", {}), provenance=obj.get("provenance", {}))
         except ScheduleError as e:
             raise ScheduleError(f"{source}: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        from adasched.io import write_json
-
         write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Schedule":
-        from adasched.io import read_json
-
         return cls.from_json(read_json(path, "schedule file"), source=str(path))
 
 

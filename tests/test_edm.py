@@ -10,19 +10,24 @@ only while it writes.
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import hashlib
+import http.server
 import importlib.util
 import pickle
 import sys
+import threading
 import types
 
 import pytest
 import torch
 
 from adasched import edm, registry
-from adasched.download import lock_entry
+from adasched.download import lock_entry, record_hash
 from adasched.edm import EDMDenoiser, load_edm, parse_spec
 from adasched.errors import AdaschedError, DownloadError, ModelError
+from adasched.models import load_model
 
 # A tiny network with EDM's preconditioning (Karras et al. 2022, Table 1), written for this test.
 SRC = '''
@@ -245,7 +250,7 @@ def test_untrusted_pickle_is_refused_before_any_code_runs(tmp_path, no_edm_code,
         m.setattr(edm.pickle, "Unpickler", NoUnpickling)
         m.setattr(pickle, "loads", NoUnpickling)
         m.setattr(pickle, "load", NoUnpickling)
-        with pytest.raises(ModelError, match="not pinned") as e:  # unpinned, unrecorded
+        with pytest.raises(ModelError, match="neither pinned nor a recorded download") as e:
             load_edm(f"edm:{path}", cache_dir=cache)
         assert digest in str(e.value) and "trust=True" in str(e.value)
         wrong = "ab" * 32
@@ -289,8 +294,6 @@ def test_recorded_hash_of_changed_url_is_refused_without_running_code(tmp_path, 
 
 
 def test_trust_loads_unpinned_file(uncond, tmp_path, caplog):
-    from adasched.models import load_model
-
     net, path, _ = uncond
     D = load_model(f"edm:{path}", trust=True, cache_dir=tmp_path / "cache")
     x, sigma = _inputs()
@@ -442,3 +445,184 @@ def test_cli_samples_and_probes_a_conditional_edm_pickle(tmp_path, no_edm_code, 
                  "-o", str(tmp_path / "p.h5")]) == 0
     r = read_probes(tmp_path / "p.h5")
     assert r.data == "model:1024" and r.samples == 4 and np.all(np.isfinite(r.mean))
+
+
+# ----------------------------------------------------------------------------------------------
+# Trust rules (read_trusted_pickle): a lock-file record trusts only the download of its URL
+
+
+REGISTERED = "edm-cifar10-32x32-cond-vp"
+
+
+def _payload(path, marker):
+    """A pickle whose unpickling creates ``marker``; returns its sha256."""
+    path.write_bytes(pickle.dumps({"ema": _RunsCode(marker)}))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def _serve(folder):
+    """Serve ``folder`` over HTTP on 127.0.0.1; yields the base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("where", ["working-directory", "cache"])
+@pytest.mark.parametrize("key", ["random-url", "registered-url", "registered-name", "own-file-url"])
+def test_lock_file_never_trusts_a_local_pickle(tmp_path, no_edm_code, monkeypatch, capsys, where, key):
+    """The attack of issue 23: a folder ships model.pkl and a lock file recording its hash.
+
+    Neither a lock file in ``./resources/models`` (the old default cache) nor one in the configured
+    cache folder makes a local path trusted, under whatever URL it records the hash; ``edm:PATH``
+    through load_model and through ``adasched sample`` is refused in one line and the payload never
+    runs.  Pinned, the same file does run (the payload is real)."""
+    from adasched.cli import main
+
+    work, cache = tmp_path / "project", tmp_path / "cache"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if where == "working-directory":  # the default cache folder, which used to be ./resources/models
+        monkeypatch.delenv("ADASCHED_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(cache.parent / "xdg"))
+    else:
+        monkeypatch.setenv("ADASCHED_CACHE_DIR", str(cache))
+    marker = tmp_path / "payload-ran"
+    digest = _payload(work / "model.pkl", marker)
+    url = {"random-url": "https://example.org/f3a9/model.pkl",
+           "registered-url": registry.get_model(REGISTERED).url, "registered-name": REGISTERED,
+           "own-file-url": (work / "model.pkl").as_uri()}[key]
+    lock_dir = work / "resources" / "models" if where == "working-directory" else cache
+    record_hash(lock_dir / "adasched-lock.json", url, digest)
+
+    with pytest.raises(ModelError) as e:
+        load_model("edm:model.pkl")
+    message = str(e.value)
+    assert "\n" not in message and "model.pkl" in message and digest in message
+    assert "#sha256=" in message and "--trust-pickle" in message and "edm:NAME" in message
+    assert not marker.exists()
+
+    assert main(["schedule", "--method", "edm", "--solver", "euler", "--nfe", "3", "-o", "s.json"]) == 0
+    capsys.readouterr()
+    out = work / "x.npz"
+    assert main(["sample", "--model", "edm:model.pkl", "--schedule", "s.json", "--solver", "euler",
+                 "--num", "2", "--device", "cpu", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("adasched sample: error: refusing to unpickle model.pkl") and err.count("\n") == 1
+    assert digest in err and not out.exists() and not marker.exists()
+
+    # A local file named like a registered checkpoint is a local path too.
+    (work / f"{REGISTERED}.pkl").write_bytes((work / "model.pkl").read_bytes())
+    with pytest.raises(ModelError, match=f"refusing to unpickle {REGISTERED}.pkl .sha256 {digest}"):
+        load_model(f"edm:{REGISTERED}.pkl")
+    assert not marker.exists()
+
+    with pytest.raises(ModelError, match="should be a torch.nn.Module"):  # the payload returns None
+        load_model(f"edm:model.pkl#sha256={digest}")
+    assert marker.exists()
+
+
+def test_registered_name_is_fetched_into_the_user_cache_not_the_working_directory(tmp_path, no_edm_code,
+                                                                                   monkeypatch):
+    """``edm:NAME`` reads the cache folder the user configured (default ``$XDG_CACHE_HOME/adasched``):
+    a checkpoint and lock file shipped in ``./resources/models`` are never looked at, the checkpoint
+    is downloaded (here from a loopback server) and recorded for its URL, and later loads are checked
+    against that record."""
+    served = tmp_path / "served"
+    served.mkdir()
+    good = _build(SRC, "tiny_served", img_resolution=8, img_channels=3)
+    entry = registry.get_model(REGISTERED)
+    digest = _write_edm_pickle(served / entry.filename, SRC, dict(ema=good))
+
+    work = tmp_path / "project"
+    shipped = work / "resources" / "models"  # the old default cache, relative to the working directory
+    shipped.mkdir(parents=True)
+    marker = tmp_path / "payload-ran"
+    evil = _payload(shipped / entry.filename, marker)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("ADASCHED_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache = tmp_path / "xdg" / "adasched"
+    assert edm.default_cache_dir() == cache
+
+    with _serve(served) as base:
+        url = base + entry.filename
+        monkeypatch.setitem(registry.MODELS, REGISTERED, dataclasses.replace(entry, url=url))
+        record_hash(shipped / "adasched-lock.json", url, evil)  # what the old default cache would have trusted
+        D = load_model(f"edm:{REGISTERED}")
+        assert D.sha256 == digest and lock_entry(cache / "adasched-lock.json", url) == digest
+        assert (cache / entry.filename).read_bytes() == (served / entry.filename).read_bytes()
+        x, sigma = _inputs()
+        with torch.no_grad():
+            assert torch.equal(D(x, sigma), good(x, sigma))
+        # The cached download is checked against its record: changed bytes are refused.
+        (cache / entry.filename).write_bytes((shipped / entry.filename).read_bytes())
+        with pytest.raises(DownloadError, match=f"expected {digest}"):
+            load_model(f"edm:{REGISTERED}")
+    assert not marker.exists()
+
+
+def test_url_recorded_at_first_download_trusts_that_download_only(tmp_path, no_edm_code):
+    """``trust=True`` records a URL's hash at its first download (loopback HTTP); later loads of that
+    URL need no trust, but the same bytes given as a local path, even the cached file itself, do."""
+    served = tmp_path / "served"
+    served.mkdir()
+    net = _build(SRC, "tiny_url", img_resolution=8, img_channels=3)
+    digest = _write_edm_pickle(served / "net.pkl", SRC, dict(ema=net))
+    cache = tmp_path / "cache"
+    lock = cache / "adasched-lock.json"
+    with _serve(served) as base:
+        url = base + "net.pkl"
+        with pytest.raises(ModelError, match=f"refusing to load {url}: .* neither pinned nor recorded"):
+            load_edm(f"edm:{url}", cache_dir=cache)
+        assert not (cache / "net.pkl").exists()
+        load_edm(f"edm:{url}", trust=True, cache_dir=cache)
+        assert lock_entry(lock, url) == digest
+        assert load_edm(f"edm:{url}", cache_dir=cache).sha256 == digest
+    for local in (cache / "net.pkl", served / "net.pkl"):
+        with pytest.raises(ModelError, match=f"sha256 {digest}.*neither pinned nor a recorded download"):
+            load_edm(f"edm:{local}", cache_dir=cache)
+
+
+def test_read_trusted_pickle_rules(tmp_path, no_edm_code):
+    """The gate itself: pin, record and trust admit a file; a mismatching pin or record refuses it,
+    whatever else is given; nothing at all refuses it; the payload runs only when admitted."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "p.pkl"
+    digest = _payload(path, marker)
+    other = "cd" * 32
+    for kwargs in (dict(), dict(pinned=other, trust=True), dict(recorded=other, trust=True),
+                   dict(pinned=other, recorded=digest)):
+        with pytest.raises(ModelError, match=f"refusing to unpickle {path}"):
+            edm.read_trusted_pickle(path, **kwargs)
+        assert not marker.exists()
+    for kwargs in (dict(pinned=digest), dict(recorded=digest), dict(trust=True),
+                   dict(pinned=digest, recorded=other)):
+        assert edm.read_trusted_pickle(path, **kwargs) == ({"ema": None}, digest)
+        assert marker.exists()
+        marker.unlink()
+
+
+def test_default_cache_dir(tmp_path, monkeypatch):
+    """``$ADASCHED_CACHE_DIR``, else ``$XDG_CACHE_HOME/adasched`` (absolute only), else ``~/.cache/adasched``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ADASCHED_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert edm.default_cache_dir() == tmp_path / "home" / ".cache" / "adasched"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec ignores relative paths
+    assert edm.default_cache_dir() == tmp_path / "home" / ".cache" / "adasched"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert edm.default_cache_dir() == tmp_path / "xdg" / "adasched"
+    monkeypatch.setenv("ADASCHED_CACHE_DIR", str(tmp_path / "mine"))
+    assert edm.default_cache_dir() == tmp_path / "mine"

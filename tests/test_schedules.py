@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,6 +233,10 @@ BAD_SIGMAS = {
     "2-D": [[80.0, 0.0], [1.0, 0.0]],
     "scalar": 0.0,
     "strings": ["80", "x", "0"],
+    "numeric strings": ["80", "1", "0"],
+    "booleans": [True, False],
+    "complex": [80 + 1j, 0j],
+    "nulls": [None, None],
     "ragged": [[80.0], [1.0, 0.0]],
 }
 
@@ -258,6 +264,14 @@ def test_bad_sigmas_messages_name_the_problem():
         validate_sigmas([0.0])
 
 
+def test_bad_sigma_types_are_named():
+    for sigmas, found in ((["80", "1", "0"], "strings"), ([True, False], "booleans"),
+                          (np.array([1, 0], dtype=bool), "booleans"), (torch.tensor([True, False]), "torch.bool"),
+                          ([80.0, "0"], "strings"), ([None, 0.0], "not numbers")):
+        with pytest.raises(ScheduleError, match=f"sigmas must be (a list of )?(real )?numbers, found .*{found}"):
+            validate_sigmas(sigmas)
+
+
 @pytest.mark.parametrize("nfe", [0, -5, 2.5, 35.0, True, "35", None])
 def test_bad_nfe_is_a_schedule_error(nfe):
     with pytest.raises(ScheduleError, match="nfe"):
@@ -283,6 +297,90 @@ def test_malformed_schedule_json(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**good, "sigmas": [1.0, 2.0, 0.0]}))
     with pytest.raises(ScheduleError, match="bad.json.*strictly decreasing"):
         Schedule.load(tmp_path / "bad.json")
+
+
+# Schedule files with the wrong types: the JSON text of the bad value (NaN and Infinity as Python's json
+# reads them), and what the one-line error must say.
+BAD_FILES = {
+    "sigmas as strings": ('"sigmas": ["80", "1", "0"]',
+                          r"sigmas must be an array of numbers, found string '80' at sigmas\[0\]"),
+    "one sigma a string": ('"sigmas": [80.0, "1.0", 0.0]', r"found string '1.0' at sigmas\[1\]"),
+    "sigmas as booleans": ('"sigmas": [true, false]', r"found boolean True at sigmas\[0\]"),
+    "one sigma a boolean": ('"sigmas": [80, true, 0]', r"found boolean True at sigmas\[1\]"),
+    "a sigma null": ('"sigmas": [80.0, null, 0.0]', r"found null at sigmas\[1\]"),
+    "nested sigmas": ('"sigmas": [[80.0, 1.0, 0.0]]', r"found array \[80.0, 1.0, 0.0\] at sigmas\[0\]"),
+    "sigmas a string": ('"sigmas": "80 1 0"', r"sigmas must be an array of numbers, found string '80 1 0'"),
+    "sigmas an object": ('"sigmas": {"0": 80.0}', r"sigmas must be an array of numbers, found object"),
+    "NaN": ('"sigmas": [80.0, NaN, 0.0]', r"sigmas must be finite, found sigmas\[1\]=nan"),
+    "Infinity": ('"sigmas": [Infinity, 1.0, 0.0]', r"sigmas must be finite, found sigmas\[0\]=inf"),
+    "-Infinity": ('"sigmas": [80.0, 1.0, -Infinity]', r"sigmas must be finite, found sigmas\[2\]=-inf"),
+    "increasing": ('"sigmas": [1.0, 2.0, 0.0]', r"strictly decreasing, but sigmas\[0\]=1 <= sigmas\[1\]=2"),
+    "repeated": ('"sigmas": [80.0, 10.0, 10.0, 0.0]', r"strictly decreasing, but sigmas\[1\]=10"),
+    "not ending in 0": ('"sigmas": [80.0, 1.0, 0.5]', r"end in exactly 0, got last value 0.5"),
+    "nfe a float": ('"nfe": 35.0', r"nfe must be a positive integer, found float 35.0"),
+    "nfe a boolean": ('"nfe": true', r"nfe must be a positive integer, found boolean True"),
+    "nfe a string": ('"nfe": "35"', r"nfe must be a positive integer, found string '35'"),
+    "nfe null": ('"nfe": null', r"nfe must be a positive integer, found null"),
+    "nfe zero": ('"nfe": 0', r"nfe must be a positive integer, found integer 0"),
+    "method a number": ('"method": 3', r"method must be a string, found integer 3"),
+    "solver null": ('"solver": null', r"solver must be a string, found null"),
+    "solver an array": ('"solver": ["heun"]', r"solver must be a string, found array \['heun'\]"),
+    "params an array": ('"params": [["rho", 7.0]]', r"params must be an object, found array"),
+    "provenance a string": ('"provenance": "adasched 0.1"', r"provenance must be an object, found string"),
+    "unknown key": ('"sigma": [80.0, 0.0]', r"unknown key\(s\) 'sigma'; valid keys: sigmas, method, solver, nfe, "
+                    r"params, provenance"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_schedule_file_types_are_checked_strictly(tmp_path, case):
+    """Each wrong type or value is one line that starts with the file and names the key, what is expected
+    and what was found; before the check, strings and booleans went through as numbers."""
+    text, message = BAD_FILES[case]
+    good = json.dumps(_schedule(sigmas=sigmas_edm(3), nfe=5).to_json())
+    key = text.split(":", 1)[0]
+    obj = json.loads(good)
+    obj.pop(json.loads(key), None)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(obj)[:-1] + ", " + text + "}")
+    with pytest.raises(ScheduleError) as e:
+        Schedule.load(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+    assert re.search(message, str(e.value)), str(e.value)
+
+
+def test_schedule_file_missing_keys_and_wrong_top_level(tmp_path):
+    good = _schedule().to_json()
+    for missing in (["nfe"], ["sigmas", "solver"]):
+        with pytest.raises(ScheduleError, match=f"^schedule: missing key\\(s\\) {', '.join(missing)}$"):
+            Schedule.from_json({k: v for k, v in good.items() if k not in missing})
+    with pytest.raises(ScheduleError, match="expected a JSON object with keys sigmas, .*found array"):
+        Schedule.from_json([good])
+
+
+def test_schedule_file_round_trip_is_unchanged(tmp_path):
+    """A good file loads and saves back to the same bytes; ``params`` and ``provenance`` may be left out."""
+    path, again = tmp_path / "s.json", tmp_path / "again.json"
+    _schedule(sigmas=torch.tensor([80.0, 1 / 3, 0.0], dtype=F64), nfe=3).save(path)
+    Schedule.load(path).save(again)
+    assert again.read_bytes() == path.read_bytes()
+    bare = {k: v for k, v in json.loads(path.read_text()).items() if k in ("sigmas", "method", "solver", "nfe")}
+    sched = Schedule.from_json(bare)
+    assert (sched.params, sched.provenance, sched.nfe) == ({}, {}, 3) and sched.sigmas[1].item() == 1 / 3
+
+
+def test_cli_refuses_a_schedule_with_string_sigmas(tmp_path, capsys):
+    from adasched.cli import main
+
+    bad, out = tmp_path / "s.json", tmp_path / "x.npz"
+    bad.write_text(json.dumps({**_schedule(sigmas=sigmas_edm(3), nfe=5).to_json(), "sigmas": ["80", "1", "0"]}))
+    mixture = Path(__file__).resolve().parents[1] / "examples" / "mixture-2d.json"
+    assert main(["sample", "--model", f"gmm:{mixture}", "--schedule", str(bad), "--solver", "heun", "--num", "2",
+                 "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"adasched sample: error: {bad}: sigmas must be an array of numbers, found string '80' at "
+                   f"sigmas[0]\n")
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------------------
