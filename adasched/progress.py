@@ -17,6 +17,7 @@ and never print; the caller picks the rendering:
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from typing import Callable, Optional, TextIO
 
@@ -85,8 +86,11 @@ class Bar:
         if task != self._task or self._bar is None:
             self.close()
             self._task = task
-            self._bar = tqdm(total=total, desc=task, file=self.stream, dynamic_ncols=True, leave=True,
-                             mininterval=0.1)
+            # The terminal's size at the bar's start; one that reports none (0 x 0, as some pseudo-terminals do,
+            # which tqdm would take for "no room": no bar at all) counts as 80 x 24.
+            size = shutil.get_terminal_size()
+            self._bar = tqdm(total=total, desc=task, file=self.stream, ncols=size.columns, nrows=size.lines,
+                             leave=True, mininterval=0.1)
         self._bar.n = done
         self._bar.refresh()
         if total is not None and done >= total:

@@ -44,7 +44,7 @@ from adasched.metrics import MetricsRecord, evaluate_samples
 from adasched.models import load_model
 from adasched.optimize import score_optimal_schedule
 from adasched.probe import probe as probe_file
-from adasched.probe import probe_grid, read_probes
+from adasched.probe import check_model, probe_grid, read_probes
 from adasched.progress import Progress, report
 from adasched.samplers import check_options, generate, nfe_for_steps, steps_for_nfe
 from adasched.schedules import CLOSED_FORM, SIGMA_MAX, SIGMA_MIN, Schedule
@@ -194,10 +194,11 @@ def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes
     if method != "solver-aware":
         return base
     net = load_model(model, device="cpu", trust=False)
+    check_model(probes, net, model)  # the probes must be this model's (by content, not by SPEC)
     seeds = list(range(FIT_SEED_START, FIT_SEED_START + fit_seeds))
     extra = []
     if probes_po:
-        if read_probes(probes_po).cost != "predictor":
+        if check_model(probes_po, net, model).cost != "predictor":
             raise AdaschedError(f"--probes-po {probes_po} does not hold the 'predictor' cost")
         extra.append(score_optimal_schedule(probes_po, solver, steps=base.steps, **given).sigmas)
     sigmas = solver_aware_schedule(net, net.shape, solver, base.sigmas, seeds, candidates=extra,
