@@ -27,3 +27,7 @@ class DataError(AdaschedError, ValueError):
 
 class DownloadError(AdaschedError, OSError):
     """A file could not be fetched or failed verification."""
+
+
+class LimitError(AdaschedError):
+    """A requested size is beyond a documented maximum, or needs more memory than the machine has."""
