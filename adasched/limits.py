@@ -80,12 +80,11 @@ def _stat(path: Path, key: str) -> int:
     return 0
 
 
-def _cgroup_headroom() -> int | None:
+def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """The memory cgroup's limit less its usage (reclaimable file cache not counted as used), if limited.
 
     Reads the cgroup as mounted in this process's view: v2 (``memory.max``) or v1 (``memory.limit_in_bytes``).
     """
-    root = Path("/sys/fs/cgroup")
     for limit_file, usage_file, stat_key, d in (("memory.max", "memory.current", "inactive_file", root),
                                                 ("memory.limit_in_bytes", "memory.usage_in_bytes",
                                                  "total_inactive_file", root / "memory")):
