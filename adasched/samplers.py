@@ -242,9 +242,13 @@ def sample_pc_langevin(denoise, x, sigmas, *, generator=None, callback=None, lan
 
 
 def _check_langevin_steps(langevin_steps) -> int:
-    if not isinstance(langevin_steps, int) or isinstance(langevin_steps, bool) or langevin_steps < 0:
-        raise SolverError(f"langevin_steps must be a non-negative integer, got {langevin_steps!r}")
-    return langevin_steps
+    """``langevin_steps`` as an ``int`` (a whole number such as 2 or 2.0 from a config), else a SolverError."""
+    try:
+        if langevin_steps >= 0 and int(langevin_steps) == langevin_steps:
+            return int(langevin_steps)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise SolverError(f"langevin_steps must be a non-negative integer, got {langevin_steps!r}")
 
 
 @dataclass(frozen=True)
@@ -380,10 +384,10 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     num, rows = len(seeds), min(batch, len(seeds))
     draw_labels = draws_labels(denoise)
     check_memory(f"{num} samples of shape {shape} in batches of {batch}",
-                 array_bytes(2 * num, *shape, itemsize=4) + array_bytes(num, itemsize=8 + 8 * draw_labels)
+                 array_bytes(2 * num, *shape, itemsize=4) + array_bytes(num, itemsize=36 + 8 * draw_labels)
                  + array_bytes(STATE_COPIES * rows, *shape, itemsize=dtype.itemsize)
                  + working_bytes(denoise, rows, dtype),
-                 f"samples and latents float32, seeds{' and labels' if draw_labels else ''} int64, "
+                 f"samples and latents float32, seeds as Python ints{', labels int64' if draw_labels else ''}, "
                  f"{STATE_COPIES} {dtype} states of a batch of {rows} and the model's working set")
     samples, lat = torch.empty(num, *shape), torch.empty(num, *shape)
     labels = torch.empty(num, dtype=torch.int64) if draw_labels else None
