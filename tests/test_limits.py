@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from adasched import limits
+from adasched.data import load_images
 from adasched.errors import DataError, LimitError, ModelError, SolverError
 from adasched.fid import FeatureExtractor, compute_digits_fd, image_features
 from adasched.metrics import evaluate_samples
@@ -81,7 +83,8 @@ def test_the_cap_is_what_the_checks_see():
     """, "import torch, adasched.limits")
     assert proc.returncode == 0, proc.stderr
     have, source = proc.stderr.strip().split(",")
-    assert source.startswith("RLIMIT_AS") and 3 * GiB < int(have) <= 4 * GiB
+    assert int(have) <= 4 * GiB  # the least source: the cap's headroom, or less on a smaller machine
+    assert not source.startswith("RLIMIT_AS") or int(have) > 3 * GiB  # headroom above what the imports mapped
 
 
 def test_cli_schedule_huge_nfe_one_line_no_file(tmp_path):
@@ -114,7 +117,7 @@ def test_cli_schedule_huge_nfe_one_line_no_file(tmp_path):
         from adasched.targets import GaussianMixture
         gmm = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 1.0]])
         generate(gmm, sigmas_edm(2), "euler", range(10**9), (2,))
-     """, ["1000000000 samples of shape (2,)", "GiB available (RLIMIT_AS"]),
+     """, ["1000000000 samples of shape (2,)", "GiB available ("]),
     # a 1000-component, 1000-D mixture on a batch of 256: five [256, 1000, 1000] float64 posteriors, 9.5 GiB
     ("batch", """
         from adasched.samplers import generate
@@ -205,7 +208,8 @@ def test_available_memory_is_the_least_source(monkeypatch):
     assert limits.available_memory() == (3 * GiB, "memory cgroup limit less its usage")
 
 
-@pytest.mark.parametrize("solver,opts,k", [("euler", {}, 1), ("heun", {}, 2), ("pc-langevin", {"langevin_steps": 3}, 4)])
+@pytest.mark.parametrize("solver,opts,k", [("euler", {}, 1), ("heun", {}, 2),
+                                           ("pc-langevin", {"langevin_steps": 3}, 4)])
 def test_steps_for_nfe_closed_form_at_the_cap(solver, opts, k):
     """The inverse far beyond what the enumerating version could reach, and its nearest neighbours only."""
     top = (limits.MAX_NFE - 1) // k * k + 1  # the largest reachable NFE within the cap
@@ -268,7 +272,8 @@ def test_feature_extractor_input_shape_is_checked_before_any_work(tmp_path):
         raise AssertionError("the network must not run")
 
     extractor = FeatureExtractor(name="net", sha256="0" * 64, fn=never, input_shape=(1, 8, 8))
-    with pytest.raises(DataError, match=r"^net takes images of shape \(1, 8, 8\); the samples have shape \(3, 32, 32\)$"):
+    with pytest.raises(DataError, match=r"^net takes images of shape \(1, 8, 8\); the samples have shape "
+                                        r"\(3, 32, 32\)$"):
         image_features(np.zeros((4, 3, 32, 32), np.float32), extractor)
     # digits_fd: refused before a classifier is trained or loaded (this one does not exist)
     with pytest.raises(DataError, match=r"digits_fd takes images of shape \(1, 8, 8\); .* \(3, 32, 32\)"):
@@ -277,13 +282,10 @@ def test_feature_extractor_input_shape_is_checked_before_any_work(tmp_path):
 
 
 def test_image_folder_size_is_checked_before_decoding_all(tmp_path, monkeypatch):
-    from PIL import Image
-
-    from adasched.data import load_images
-
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
     assert load_images(tmp_path).data.shape == (3, 3, 8, 8)
-    monkeypatch.setattr(limits, "available_memory", lambda: (191, "a test limit"))  # 3 x 3 x 8 x 8 = 576 bytes
-    with pytest.raises(LimitError, match=r"^3 images of 3x8x8 in .* needs about .* GiB \(8-bit pixels.*\(a test limit\)$"):
+    monkeypatch.setattr(limits, "available_memory", lambda: (575, "a test limit"))  # 3 x 3 x 8 x 8 = 576 bytes
+    with pytest.raises(LimitError, match=r"^3 images of 3x8x8 in .* needs about .* GiB \(8-bit pixels.*"
+                                         r"\(a test limit\)$"):
         load_images(tmp_path)
