@@ -51,6 +51,8 @@ import numpy as np
 import torch
 
 from adasched.errors import DataError
+from adasched.io import npz_header
+from adasched.limits import array_bytes, check_memory
 from adasched.probe import DatasetSampler
 
 __all__ = ["load_data_sampler", "load_dataset", "Dataset", "LabelledSampler", "sample_labels", "digits",
@@ -192,7 +194,7 @@ def _decode(raw: bytes, name: str) -> np.ndarray:
                 raise DataError(f"image {name} has mode {img.mode!r}; expected 8-bit grey-level or colour images "
                                 f"({', '.join(_GREY_MODES + _COLOUR_MODES)})")
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise DataError(f"cannot read image {name}: {e}") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -246,6 +248,8 @@ def load_images(path: str | os.PathLike) -> Dataset:
         if not names:
             raise DataError(f"no images in {path}: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
         first = _decode(read(names[0]), f"{path}/{names[0]}")
+        check_memory(f"{len(names)} images of {_chw(first.shape)} in {path}",
+                     array_bytes(len(names), *first.shape, itemsize=1), "8-bit pixels, C x H x W of the first image")
         out = np.empty((len(names), *first.shape), dtype=np.uint8)
         out[0] = first
         for i, name in enumerate(names[1:], 1):
@@ -308,6 +312,11 @@ def _load_npz(path: str, key: str) -> Dataset:
             key = key or f.files[0]
             if key not in f.files:
                 raise DataError(f"NPZ file {path} has no array {key!r}; it has: {', '.join(f.files)}")
+            shape, dtype = npz_header(f, key)
+            as_float = dtype != np.uint8 and not np.issubdtype(dtype, np.floating)
+            check_memory(f"NPZ data {path}:{key} of shape {shape} ({dtype})",
+                         array_bytes(1, *shape, itemsize=dtype.itemsize + 8 * as_float),
+                         "the array as stored" + (", and its float64 copy" if as_float else ""))
             arr = f[key]
             labels = f["labels"] if key != "labels" and "labels" in f.files else None
     except FileNotFoundError:

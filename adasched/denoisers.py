@@ -20,6 +20,7 @@ __all__ = [
     "Denoiser",
     "score",
     "CountingDenoiser",
+    "working_bytes",
     "EpsDenoiser",
     "VDenoiser",
     "VPLinearBeta",
@@ -47,6 +48,16 @@ def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def score(denoise: Callable, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Score ``grad log p_sigma(x) = (D(x, sigma) - x) / sigma**2`` of the noised marginal."""
     return (denoise(x, sigma) - x) / _expand(sigma, x) ** 2
+
+
+def working_bytes(denoise: Callable, batch: int, dtype: torch.dtype) -> int:
+    """Bytes one call of ``denoise`` on a batch of ``batch`` allocates beyond its input and output.
+
+    A model that knows its working set (e.g. :class:`~adasched.targets.GaussianMixture`, ``[B, K, d]`` per
+    call) has a method ``working_bytes(batch, dtype)``; 0 for one that does not say.
+    """
+    estimate = getattr(denoise, "working_bytes", None)
+    return int(estimate(batch, dtype)) if callable(estimate) else 0
 
 
 class CountingDenoiser:

@@ -31,3 +31,7 @@ class DownloadError(AdaschedError, OSError):
 
 class Interrupted(AdaschedError):
     """SIGTERM arrived while a file was being written (:func:`adasched.io.atomic_path` cleaned up first)."""
+
+
+class LimitError(AdaschedError):
+    """A requested size is beyond a documented maximum, or needs more memory than the machine has."""

@@ -65,6 +65,8 @@ import numpy as np
 import torch
 
 from adasched.errors import AdaschedError, DataError, DownloadError
+from adasched.io import npz_header
+from adasched.limits import array_bytes, check_memory
 from adasched.metrics import FID_NAME, INCEPTION_EXTRACTOR, ImageMetric, frechet_distance, gaussian_stats
 from adasched.progress import Progress, report
 
@@ -74,6 +76,7 @@ __all__ = [
     "to_uint8", "image_features", "folder_features", "feature_stats", "ensure_resource", "inception_resource",
     "inception_extractor", "reference_resource", "load_reference", "save_stats", "frechet_runs", "compute_fid",
     "digits_extractor", "digits_reference", "compute_digits_fd", "load_runs", "image_metrics", "DIGITS_FD_NAME",
+    "DIGITS_SHAPE", "check_image_shape",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ INCEPTION_SHA256: str | None = None
 CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats/"
 LOCK_NAME = "adasched-lock.json"
 DIGITS_FD_NAME = "digits_fd"
+#: The image shape the digits classifier takes, ``(C, H, W)``.
+DIGITS_SHAPE = (1, 8, 8)
 
 _RESIZE_INSIDE = {"legacy_tensorflow": True, "clean": False}  # cleanfid.features.build_feature_extractor
 
@@ -174,7 +179,8 @@ class FeatureExtractor:
     resize) and returns ``[B, d]`` features; ``mode`` is the clean-fid mode whose resize path feeds it
     (``clean`` or ``legacy_tensorflow``), unless ``resize`` (an ``[H, W, 3]`` float array to array function)
     replaces it; ``name`` and ``sha256`` identify the network (recorded in every metrics file); ``info`` is
-    recorded beside them.
+    recorded beside them.  ``input_shape``: the one image shape ``(C, H, W)`` the network takes (``None``:
+    any, the resize adapts it), checked against the images before any work.
     """
 
     name: str
@@ -183,6 +189,7 @@ class FeatureExtractor:
     mode: str = "clean"
     resize: Callable[[np.ndarray], np.ndarray] | None = None
     info: dict = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.mode not in ("clean", "legacy_tensorflow", "legacy_pytorch"):
@@ -237,6 +244,12 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(x.astype(np.float64) * 127.5 + 128, 0, 255).astype(np.uint8)
 
 
+def check_image_shape(shape: Sequence[int], expected: Sequence[int] | None, name: str) -> None:
+    """Images of ``shape`` (``[N, C, H, W]``) against the shape ``name`` takes (``None``: any): one error naming both."""
+    if expected is not None and tuple(shape[1:]) != tuple(expected):
+        raise DataError(f"{name} takes images of shape {tuple(expected)}; the samples have shape {tuple(shape[1:])}")
+
+
 def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100, device=None,
                    progress: Progress | None = None, task: str = "features") -> np.ndarray:
     """Features ``[N, d]`` of ``images`` (float in [-1, 1] or uint8, ``[N, C, H, W]``) via clean-fid.
@@ -248,6 +261,10 @@ def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100
     """
     from cleanfid import fid as cfid
 
+    shape = np.shape(images)
+    check_image_shape(shape, extractor.input_shape, extractor.name)
+    check_memory(f"features of images [N, C, H, W] = {list(shape)}", array_bytes(1, *shape, itemsize=9),
+                 "a float64 copy and the 8-bit images")
     u8 = torch.from_numpy(np.ascontiguousarray(to_uint8(images)))
     if u8.shape[1] == 1:
         u8 = u8.expand(-1, 3, -1, -1)
@@ -445,7 +462,7 @@ def digits_extractor(model, *, device=None) -> FeatureExtractor:
     info = {k: model.info[k] for k in ("seed", "epochs", "test_accuracy", "split_seed", "test_fraction")
             if k in getattr(model, "info", {})}
     return FeatureExtractor(name="adasched-digits-classifier (penultimate features)", sha256=_state_sha256(model),
-                            fn=fn, mode="clean", resize=_identity, info=info)
+                            fn=fn, mode="clean", resize=_identity, info=info, input_shape=DIGITS_SHAPE)
 
 
 def _identity(x: np.ndarray) -> np.ndarray:
@@ -492,6 +509,8 @@ def compute_digits_fd(runs: Sequence, *, classifier=None, num_images: int | None
     ``classifier``: a :class:`~adasched.classifier.DigitsClassifier`, a path to a saved one, or ``None`` to
     train one (seed 0).  Offline; never called FID.
     """
+    for _, images in runs:  # before the classifier is trained or loaded
+        check_image_shape(np.shape(images), DIGITS_SHAPE, DIGITS_FD_NAME)
     model = _load_classifier(classifier, device)
     extractor = digits_extractor(model, device=device)
     mu, sigma, ref = digits_reference(extractor, model, batch_size=batch_size, device=device)
@@ -512,6 +531,9 @@ def load_runs(paths: Sequence, *, num_images: int | None = None, seed_ranges: in
             with np.load(path) as f:
                 if "samples" not in f.files or "seeds" not in f.files:
                     raise DataError(f"{path} is not a samples file: needs arrays samples and seeds")
+                (shape, dtype), (n, seed_dtype) = npz_header(f, "samples"), npz_header(f, "seeds")
+                check_memory(f"samples file {path} of shape {shape}", array_bytes(1, *shape, itemsize=dtype.itemsize)
+                             + array_bytes(1, *n, itemsize=seed_dtype.itemsize), "its samples and seeds as stored")
                 runs.append((f["seeds"], f["samples"]))
         except FileNotFoundError:
             raise DataError(f"samples file not found: {path}") from None

@@ -38,8 +38,8 @@ import numpy as np
 
 from adasched.errors import AdaschedError, Interrupted
 
-__all__ = ["atomic_path", "check_output", "exclusive_lock", "write_json", "read_json", "save_npz", "provenance",
-           "sha256_file", "log_records_to", "logging_to"]
+__all__ = ["atomic_path", "check_output", "exclusive_lock", "write_json", "read_json", "save_npz", "npz_header",
+           "provenance", "sha256_file", "log_records_to", "logging_to"]
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,17 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """``numpy.savez`` to ``path``, atomically."""
     with atomic_path(path, suffix=".tmp.npz") as tmp:
         np.savez(tmp, **arrays)
+
+
+def npz_header(npz: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of array ``key`` of an open NPZ, read from its header without loading the array
+    (so that its size can be checked first).  A malformed header raises ``ValueError``, as ``np.load`` does."""
+    name = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
+    with npz.zip.open(name) as fp:
+        version = np.lib.format.read_magic(fp)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fp)
+    return tuple(int(v) for v in shape), np.dtype(dtype)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -13,7 +13,12 @@ import logging
 import numpy as np
 import torch
 
-__all__ = ["frechet_distance", "gaussian_stats", "rmse", "ode_error", "sliced_wasserstein", "evaluate_samples"]
+from adasched.errors import DataError, ModelError
+from adasched.io import npz_header
+from adasched.limits import array_bytes, check_memory
+
+__all__ = ["frechet_distance", "gaussian_stats", "rmse", "ode_error", "sliced_wasserstein", "load_samples",
+           "evaluate_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -80,41 +85,69 @@ def sliced_wasserstein(x, y, projections: int = 256, seed: int = 0) -> float:
     return float((px - py).pow(2).mean().sqrt())
 
 
-def evaluate_samples(samples_npz, model=None, reference_npz=None) -> dict:
+def load_samples(path, what: str = "samples file") -> dict:
+    """Every array of a samples NPZ, after checking that they fit in memory (sizes from the headers)."""
+    try:
+        with np.load(path) as f:
+            sizes = [npz_header(f, k) for k in f.files]
+            check_memory(f"{what} {path}", sum(array_bytes(1, *shape, itemsize=dt.itemsize) for shape, dt in sizes),
+                         "its arrays as stored")
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+
+
+#: Sample-sized float64 arrays the analytic metrics hold at once (start points, ODE solution, exact target
+#: samples, the RMSE's operands and difference, the sliced distance's flattened copies).
+EVAL_COPIES = 8
+
+
+def evaluate_samples(samples_npz, model=None, reference_npz=None, projections: int = 256) -> dict:
     """Metrics of a samples NPZ (the design's format) with what they were measured against.
 
     * ``ode_rmse``: RMSE against the exact ODE solution from the same latents (analytic ``model``);
-    * ``target_sliced_w2``: sliced 2-Wasserstein distance to as many exact target samples (analytic);
+    * ``target_sliced_w2``: sliced 2-Wasserstein distance to as many exact target samples (analytic), from
+      ``projections`` random directions;
     * ``reference_rmse``: RMSE against a reference samples NPZ made from the same seeds (any model, e.g. a
       high-NFE run), the quantity schedule-optimisation papers report.
+
+    Where arrays meet, their shapes must agree (samples, latents and seeds; samples and the model's sample
+    shape; samples and the reference's); a mismatch is one error naming both shapes.
     """
-    from adasched.errors import DataError
-
-    def load(path):
-        try:
-            with np.load(path) as f:
-                return {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise DataError(f"samples file not found: {path}") from None
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read samples file {path}: {e}") from None
-
-    d = load(samples_npz)
+    d = load_samples(samples_npz)
     missing = [k for k in ("samples", "latents", "seeds", "sigmas", "nfe") if k not in d]
     if missing:
         raise DataError(f"{samples_npz} is not a samples file: missing {', '.join(missing)}")
-    out: dict = {"num_samples": int(len(d["seeds"])), "seeds": [int(d["seeds"].min()), int(d["seeds"].max()) + 1],
+    shape, n = tuple(d["samples"].shape), len(d["seeds"])
+    if d["latents"].shape != d["samples"].shape or d["seeds"].shape != (n,) or not shape or shape[0] != n:
+        raise DataError(f"{samples_npz}: samples of shape {shape}, latents of shape {d['latents'].shape} and seeds "
+                        f"of shape {d['seeds'].shape} disagree; need [N, ...], [N, ...] and [N]")
+    out: dict = {"num_samples": n, "seeds": [int(d["seeds"].min()), int(d["seeds"].max()) + 1] if n else [],
                  "nfe": int(d["nfe"]), "solver": str(d.get("solver", "")), "method": str(d.get("method", ""))}
     metrics: dict = {}
     if model is not None and callable(getattr(model, "ode_solution", None)):
+        model_shape = tuple(getattr(model, "shape", shape[1:]))
+        if shape[1:] != model_shape:
+            raise ModelError(f"{samples_npz} holds samples of shape {shape[1:]}, but the model's samples have shape "
+                             f"{model_shape}")
+        check_memory(f"exact errors of {n} samples of shape {shape[1:]}",
+                     array_bytes(EVAL_COPIES * n, *shape[1:]) + array_bytes(4 * n, projections),
+                     f"{EVAL_COPIES} float64 copies of the samples and 4 of their {projections} projections")
         metrics["ode_rmse"] = ode_error(model, d["samples"], d["latents"], float(d["sigmas"][0]))
-        n = len(d["samples"])
         truth = model.sample(n, generator=torch.Generator().manual_seed(0x5EED))
-        metrics["target_sliced_w2"] = sliced_wasserstein(d["samples"], truth)
+        metrics["target_sliced_w2"] = sliced_wasserstein(d["samples"], truth, projections)
     if reference_npz is not None:
-        r = load(reference_npz)
-        if "seeds" not in r or not np.array_equal(r["seeds"], d["seeds"]):
-            raise DataError(f"reference {reference_npz} was not drawn from the same seeds as {samples_npz}")
+        r = load_samples(reference_npz, "reference samples file")
+        if "samples" not in r or "seeds" not in r:
+            raise DataError(f"{reference_npz} is not a samples file: needs arrays samples and seeds")
+        if r["seeds"].shape != d["seeds"].shape or not np.array_equal(r["seeds"], d["seeds"]):
+            raise DataError(f"reference {reference_npz} was not drawn from the same seeds as {samples_npz} "
+                            f"(seeds of shape {r['seeds'].shape} and {d['seeds'].shape})")
+        if r["samples"].shape != d["samples"].shape:
+            raise DataError(f"reference {reference_npz} holds samples of shape {r['samples'].shape}, {samples_npz} "
+                            f"of shape {shape}")
         metrics["reference_rmse"] = rmse(d["samples"], r["samples"])
         out["reference_nfe"] = int(r["nfe"])
     if not metrics:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from adasched.errors import ScheduleError
+from adasched.limits import MAX_STEPS, check_size
 from adasched.schedules import Schedule, validate_sigmas
 
 __all__ = [
@@ -156,6 +157,7 @@ def update_schedule(probe_sigmas: Any, costs: Any, T: int | None = None, *, floo
     T = s.size - 1 if T is None else T
     if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
         raise ScheduleError(f"number of output intervals T must be a positive integer, got {T!r}")
+    check_size("number of output intervals T", int(T), MAX_STEPS, "adasched.limits.MAX_STEPS")
     lo, hi = _range(s, sigma_min, sigma_max)
     lam, inv = _inverse(s, c, floor)
     lam_lo, lam_hi = _lambda_at(lam, inv, s, lo), _lambda_at(lam, inv, s, hi)

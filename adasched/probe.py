@@ -49,8 +49,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from adasched.errors import AdaschedError, DataError, ScheduleError
+from adasched.denoisers import working_bytes
+from adasched.errors import AdaschedError, DataError, ModelError, ScheduleError
 from adasched.io import atomic_path, check_output, exclusive_lock, provenance
+from adasched.limits import MAX_PROBE_INTERVALS, array_bytes, check_memory, check_size
 from adasched.models import content_hash
 
 __all__ = [
@@ -198,6 +200,7 @@ def probe_grid(intervals: int, sigma_min: float = 0.002, sigma_max: float = 80.0
     """
     if not isinstance(intervals, (int, np.integer)) or isinstance(intervals, bool) or intervals < 1:
         raise ScheduleError(f"number of probe intervals must be a positive integer, got {intervals!r}")
+    check_size("number of probe intervals", int(intervals), MAX_PROBE_INTERVALS, "adasched.limits.MAX_PROBE_INTERVALS")
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ScheduleError(f"need 0 < sigma_min < sigma_max, got {sigma_min:g} and {sigma_max:g}")
     r = np.linspace(0.0, 1.0, int(intervals) + 1)
@@ -534,6 +537,34 @@ def _conditioned(denoise: Callable, data_sampler: Callable, data_seeds: Sequence
     return denoise.with_labels(labels)
 
 
+#: Data-sized float64 tensors :func:`corrector_costs` and :func:`interval_inputs` keep alive at once (x0, eps,
+#: the noised input in two dtypes, two denoised batches, the score difference and a temporary).
+DATA_COPIES = 8
+
+
+def _check_request(denoise: Callable, data_sampler: Callable, seed: int, intervals: int, rows: int, cost: str,
+                   hutchinson: int, dtype: torch.dtype) -> None:
+    """Before a probe's first batch: the data's shape against the model's, and the memory a batch needs.
+
+    One data row (``seed`` on interval 0) gives the data shape; a model with a ``shape`` must take it.  The
+    memory estimate counts the per-batch cost table and its accumulation (``3 (rows + 1) K`` float64), the
+    data-sized tensors of one interval (:data:`DATA_COPIES`, plus two per Hutchinson probe for the predictor
+    cost) and two denoiser calls' working sets (:func:`adasched.denoisers.working_bytes`).
+    """
+    check_size("number of probe intervals", intervals, MAX_PROBE_INTERVALS, "adasched.limits.MAX_PROBE_INTERVALS")
+    data_shape = tuple(interval_inputs(data_sampler, [seed], 0)[0].shape[1:])
+    model_shape = getattr(denoise, "shape", None)
+    if model_shape is not None and tuple(model_shape) != data_shape:
+        raise ModelError(f"the data ({getattr(data_sampler, 'description', 'data sampler')}) have samples of shape "
+                         f"{data_shape} but the model takes samples of shape {tuple(model_shape)}")
+    copies = DATA_COPIES + (2 * hutchinson if cost == "predictor" else 0)
+    check_memory(f"probing {intervals} intervals in batches of {rows} samples of shape {data_shape}",
+                 array_bytes(3 * (rows + 1), intervals) + array_bytes(copies * rows, *data_shape)
+                 + 2 * working_bytes(denoise, rows, dtype),
+                 f"float64 cost table and accumulators, {copies} float64 batches of data size, two model calls' "
+                 f"working sets")
+
+
 def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samples: int | None,
           path: str | os.PathLike, *, total_samples: int | None = None, seed: int | None = None,
           batch: int = 256, weighting: str = "lower", cost: str = "corrector", hutchinson: int = 1,
@@ -630,6 +661,7 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
             if not path.exists():
                 _write(path, st)
             return st
+        _check_request(denoise, data_sampler, first, st.sigmas.size - 1, min(batch, todo), cost, hutchinson, dtype)
 
         info = provenance(seed_start=first, seed_stop=stop, batch=batch, dtype=str(dtype), device=str(device),
                           weighting=weighting, cost=cost, hutchinson=hutchinson, meta=meta)

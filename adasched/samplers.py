@@ -16,16 +16,20 @@ maps NFE to steps.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from adasched.errors import SolverError
+from adasched.denoisers import CountingDenoiser, working_bytes
+from adasched.errors import ModelError, SolverError
+from adasched.limits import MAX_NFE, MAX_STEPS, array_bytes, check_memory, check_size
 from adasched.schedules import validate_sigmas
 
 __all__ = [
     "check_options",
+    "check_sample_memory",
     "sample_euler",
     "sample_heun",
     "sample_dpmpp_2m",
@@ -222,8 +226,7 @@ def sample_pc_langevin(denoise, x, sigmas, *, generator=None, callback=None, lan
     and 3.3), so the corrector explores the same proportion of the marginal at every level.  No
     corrector follows the final step to 0.  NFE = N + langevin_steps (N - 1).
     """
-    if langevin_steps < 0 or int(langevin_steps) != langevin_steps:
-        raise SolverError(f"langevin_steps must be a non-negative integer, got {langevin_steps!r}")
+    _check_langevin_steps(langevin_steps)
     if not langevin_eta > 0:
         raise SolverError(f"langevin_eta must be positive, got {langevin_eta!r}")
     s = _sigmas_on(sigmas, x)
@@ -240,33 +243,48 @@ def sample_pc_langevin(denoise, x, sigmas, *, generator=None, callback=None, lan
     return x
 
 
+def _check_langevin_steps(langevin_steps) -> int:
+    """``langevin_steps`` as an ``int`` (a whole number such as 2 or 2.0 from a config), else a SolverError."""
+    try:
+        if langevin_steps >= 0 and int(langevin_steps) == langevin_steps:
+            return int(langevin_steps)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise SolverError(f"langevin_steps must be a non-negative integer, got {langevin_steps!r}")
+
+
 @dataclass(frozen=True)
 class Solver:
     """A solver's sampler function and its NFE accounting.
 
-    ``nfe(steps, **options)`` is the true number of denoiser evaluations per sample; ``first_order_end``
-    says that the final step to 0 returns a denoised estimate.
+    Every solver here spends ``evaluations_per_step(**options)`` denoiser evaluations on each step but the
+    last, and one on the step to 0, so ``NFE = k (N - 1) + 1`` (:meth:`nfe`; ``nfe_formula`` is the same in
+    the docstrings' words), which :func:`steps_for_nfe` inverts in closed form.
     """
 
     name: str
     fn: Callable
     nfe_formula: str
-    nfe: Callable[..., int]
+    evaluations_per_step: Callable[..., int]
     stochastic: bool = False
     options: tuple[str, ...] = ()
+
+    def nfe(self, steps: int, **options) -> int:
+        """True denoiser evaluations per sample for ``steps`` steps."""
+        return self.evaluations_per_step(**options) * (steps - 1) + 1
 
 
 SOLVERS: dict[str, Solver] = {
     s.name: s
     for s in [
-        Solver("euler", sample_euler, "N", lambda n, **o: n),
-        Solver("heun", sample_heun, "2N - 1", lambda n, **o: 2 * n - 1),
-        Solver("dpmpp-2m", sample_dpmpp_2m, "N", lambda n, **o: n),
-        Solver("ipndm", sample_ipndm, "N", lambda n, **o: n, options=("max_order",)),
-        Solver("edm-stochastic", sample_edm_stochastic, "2N - 1", lambda n, **o: 2 * n - 1, stochastic=True,
+        Solver("euler", sample_euler, "N", lambda **o: 1),
+        Solver("heun", sample_heun, "2N - 1", lambda **o: 2),
+        Solver("dpmpp-2m", sample_dpmpp_2m, "N", lambda **o: 1),
+        Solver("ipndm", sample_ipndm, "N", lambda **o: 1, options=("max_order",)),
+        Solver("edm-stochastic", sample_edm_stochastic, "2N - 1", lambda **o: 2, stochastic=True,
                options=("S_churn", "S_min", "S_max", "S_noise")),
         Solver("pc-langevin", sample_pc_langevin, "N + langevin_steps (N - 1)",
-               lambda n, langevin_steps=1, **o: n + int(langevin_steps) * (n - 1), stochastic=True,
+               lambda langevin_steps=1, **o: 1 + _check_langevin_steps(langevin_steps), stochastic=True,
                options=("langevin_steps", "langevin_eta")),
     ]
 }
@@ -281,29 +299,30 @@ def get_solver(name: str) -> Solver:
 
 def nfe_for_steps(solver: str, steps: int, **options) -> int:
     """True denoiser evaluations per sample for ``steps`` steps of ``solver``."""
-    if not isinstance(steps, int) or steps < 1:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise SolverError(f"steps must be a positive integer, got {steps!r}")
+    check_size("steps", steps, MAX_STEPS, "adasched.limits.MAX_STEPS")
     return get_solver(solver).nfe(steps, **options)
 
 
 def steps_for_nfe(solver: str, nfe: int, **options) -> int:
-    """The number of steps at which ``solver`` costs exactly ``nfe``; an unreachable NFE is an error."""
+    """The number of steps at which ``solver`` costs exactly ``nfe``; an unreachable NFE is an error.
+
+    Closed form: ``NFE = k (N - 1) + 1`` gives ``N = (NFE - 1) / k + 1`` when ``k`` divides ``NFE - 1``; the
+    error names the reachable NFE on either side.
+    """
     spec = get_solver(solver)
-    if not isinstance(nfe, int) or nfe < 1:
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
         raise SolverError(f"nfe must be a positive integer, got {nfe!r}")
-    # nfe(steps) is strictly increasing in steps and nfe(steps) >= steps, so a bounded scan is exact.
-    reachable = []
-    for steps in range(1, nfe + 1):
-        got = spec.nfe(steps, **options)
-        if got == nfe:
-            return steps
-        if got > nfe:
-            break
-        reachable.append(got)
-    nearby = sorted({spec.nfe(k, **options) for k in range(max(1, len(reachable) - 1), len(reachable) + 3)})
+    check_size("nfe", nfe, MAX_NFE, "adasched.limits.MAX_NFE")
+    k = spec.evaluations_per_step(**options)
+    steps, rest = divmod(nfe - 1, k)
+    if rest == 0:
+        return steps + 1
+    below = k * steps + 1
     raise SolverError(
         f"solver {solver!r} cannot spend exactly {nfe} evaluations (NFE = {spec.nfe_formula}); "
-        f"nearby reachable NFE: {', '.join(map(str, nearby))}")
+        f"nearby reachable NFE: {below}, {below + k}")
 
 
 def check_options(solver: str, options: dict) -> dict:
@@ -331,6 +350,35 @@ def with_drawn_labels(denoise, seeds: Sequence[int], shape: Sequence[int]):
     return denoise.with_labels(gen.randint(denoise.label_dim))
 
 
+def _sample_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        out = tuple(operator.index(v) for v in shape)
+    except TypeError:
+        out = ()
+    if not out or min(out) < 1:
+        raise SolverError(f"sample shape must be positive integers, got {tuple(shape)}")
+    return out
+
+
+#: State-sized tensors a solver keeps alive at once (state, denoised, derivatives, next state, noise; iPNDM
+#: keeps four derivatives): the working-set estimate of :func:`generate` counts this many per batch row.
+STATE_COPIES = 8
+
+
+def check_sample_memory(denoise, num: int, shape: Sequence[int], batch: int, dtype: torch.dtype) -> None:
+    """Refuse (one :class:`~adasched.errors.LimitError` line) ``num`` samples of ``shape`` drawn in batches of
+    ``batch`` when the memory they need -- the samples and latents (float32) with their seeds and classes, and
+    one batch's working set -- is more than the machine has (:func:`adasched.limits.check_memory`)."""
+    rows = min(batch, num)
+    labels = draws_labels(denoise)
+    check_memory(f"{num} samples of shape {tuple(shape)} in batches of {batch}",
+                 array_bytes(2 * num, *shape, itemsize=4) + array_bytes(num, itemsize=36 + 8 * labels)
+                 + array_bytes(STATE_COPIES * rows, *shape, itemsize=dtype.itemsize)
+                 + working_bytes(denoise, rows, dtype),
+                 f"samples and latents float32, seeds as Python ints{', labels int64' if labels else ''}, "
+                 f"{STATE_COPIES} {dtype} states of a batch of {rows} and the model's working set")
+
+
 def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
              device="cpu", dtype=torch.float64, progress: Callable[[int], None] | None = None, **options):
     """Draw one sample per seed with common random numbers; return samples, latents and the counted NFE.
@@ -339,41 +387,48 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     so the start point is ``latents * sigmas[0]``); for a class-conditional model (``label_dim > 0``) with
     no labels bound, then its class, uniform on ``0 .. label_dim - 1`` (EDM's random labels); then any
     noise a stochastic solver needs.  Results therefore do not depend on ``batch`` or ``device``.
-    ``progress(n_done)`` is called after each batch.
+    ``progress(n_done)`` is called after each batch.  ``seeds`` may be a ``range``: it is read batch by
+    batch, after the memory the request needs (the returned arrays, and a batch's working set) has been
+    checked against what the machine has (:func:`adasched.limits.check_memory`); ``shape`` must be the
+    model's ``shape`` when it has one.
 
     Returns a dict with ``samples`` and ``latents`` (float32 CPU, ``[len(seeds), *shape]``), ``nfe``
     (evaluations per sample, counted), ``seeds``, and for drawn classes ``labels`` (int64 ``[len(seeds)]``).
     """
-    from adasched.denoisers import CountingDenoiser
-
     spec = get_solver(solver)
     check_options(solver, options)
-    if batch < 1:
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise SolverError(f"batch must be a positive integer, got {batch!r}")
+    shape = _sample_shape(shape)
+    model_shape = getattr(denoise, "shape", None)
+    if model_shape is not None and tuple(model_shape) != shape:
+        raise ModelError(f"samples of shape {shape} asked of a model whose samples have shape {tuple(model_shape)}")
     s = validate_sigmas(sigmas)
+    num = len(seeds)
     draw_labels = draws_labels(denoise)
-    samples, lat, labels = [], [], []
+    check_sample_memory(denoise, num, shape, batch, dtype)
+    samples, lat = torch.empty(num, *shape), torch.empty(num, *shape)
+    labels = torch.empty(num, dtype=torch.int64) if draw_labels else None
     evaluations = 0
-    seeds = [int(v) for v in seeds]
-    for start in range(0, len(seeds), batch):
-        chunk = seeds[start:start + batch]
+    for start in range(0, num, batch):
+        chunk = [int(v) for v in seeds[start:start + batch]]
+        stop = start + len(chunk)
         gen = PerSampleGenerator(chunk)
         z = gen.randn(shape)
         if draw_labels:
-            labels.append(gen.randint(denoise.label_dim))
-        counting = CountingDenoiser(denoise.with_labels(labels[-1]) if draw_labels else denoise)
+            labels[start:stop] = gen.randint(denoise.label_dim)
+        counting = CountingDenoiser(denoise.with_labels(labels[start:stop]) if draw_labels else denoise)
         x = z.to(device=device, dtype=dtype) * s[0].to(dtype)
         out = spec.fn(counting, x, s, generator=gen if spec.stochastic else None, **options)
         evaluations += counting.evaluations
-        samples.append(out.detach().to("cpu", torch.float32))
-        lat.append(z)
+        samples[start:stop] = out.detach().to("cpu", torch.float32)
+        lat[start:stop] = z
         if progress is not None:
-            progress(start + len(chunk))
-    nfe = evaluations // max(1, len(seeds))
+            progress(stop)
+    nfe = evaluations // max(1, num)
     expected = spec.nfe(len(s) - 1, **options)
-    assert not seeds or nfe == expected, f"{solver}: counted NFE {nfe} != formula {expected}"
-    result = {"samples": torch.cat(samples) if samples else torch.empty(0, *shape),
-              "latents": torch.cat(lat) if lat else torch.empty(0, *shape), "nfe": expected, "seeds": seeds}
+    assert not num or nfe == expected, f"{solver}: counted NFE {nfe} != formula {expected}"
+    result = {"samples": samples, "latents": lat, "nfe": expected, "seeds": [int(v) for v in seeds]}
     if draw_labels:
-        result["labels"] = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
+        result["labels"] = labels
     return result

@@ -18,6 +18,7 @@ import torch
 
 from adasched.errors import ScheduleError
 from adasched.io import read_json, write_json
+from adasched.limits import MAX_STEPS, check_size
 
 __all__ = [
     "Schedule",
@@ -179,9 +180,14 @@ class Schedule:
         return cls.from_json(read_json(path, "schedule file"), source=str(path))
 
 
-def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
-    if not isinstance(n, int) or n < 1:
+def _check_steps(n: int) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ScheduleError(f"number of steps must be a positive integer, got {n!r}")
+    check_size("number of steps", n, MAX_STEPS, "adasched.limits.MAX_STEPS")
+
+
+def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
+    _check_steps(n)
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ScheduleError(f"need 0 < sigma_min < sigma_max, got {sigma_min:g} and {sigma_max:g}")
 
@@ -259,10 +265,9 @@ def resample(sigmas: Any, n: int) -> torch.Tensor:
     """
     from scipy.interpolate import PchipInterpolator
 
+    _check_steps(n)
     full = validate_sigmas(sigmas)
     s = full[:-1].numpy()
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ScheduleError(f"number of steps must be a positive integer, got {n!r}")
     if n == s.size:
         return full  # the input exactly (a copy): exp(log(sigma)) would move values by an ulp
     if s.size == 1:

@@ -46,7 +46,7 @@ from adasched.optimize import score_optimal_schedule
 from adasched.probe import probe as probe_file
 from adasched.probe import check_model, probe_grid, read_probes
 from adasched.progress import Progress, report
-from adasched.samplers import check_options, generate, nfe_for_steps, steps_for_nfe
+from adasched.samplers import check_options, check_sample_memory, generate, nfe_for_steps, steps_for_nfe
 from adasched.schedules import CLOSED_FORM, SIGMA_MAX, SIGMA_MIN, Schedule
 from adasched.train import TrainConfig, learned_schedule, sample_model, save_grid
 from adasched.train import train as train_network
@@ -235,20 +235,21 @@ def sample(*, model: str, schedule: PathLike, solver: str, num: int, output: Pat
     if sched.solver != solver:
         log.warning("schedule %s was made for %s, sampling with %s", schedule, sched.solver, solver)
     device = resolve_device(device)
-    seeds = list(range(seed_start, seed_start + num))
-    chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
+    chunks = _SeedBatches(seed_start, num, batch)
     with _partial_work(output, "sample", inputs) as work:
         done = _complete_batches(work, chunks)
         if done:
             log.info("sample: resuming %s after %d of %d batches", output, done, len(chunks))
-        net = load_model(model, device=device, trust=trust_pickle) if done < len(chunks) else None
+        if done < len(chunks):
+            net = load_model(model, device=device, trust=trust_pickle)
+            check_sample_memory(net, num, net.shape, batch, getattr(torch, dtype))
         for k in range(done, len(chunks)):
             with torch.inference_mode():
                 out = generate(net, sched.sigmas, solver, chunks[k], net.shape, batch=batch, device=device,
                                dtype=getattr(torch, dtype), **opts)
             save_npz(_batch_file(work, k), **{key: out[key].numpy() for key in _PER_SAMPLE[:3] if key in out},
                      seeds=np.asarray(chunks[k], dtype=np.int64), nfe=np.int64(out["nfe"]))
-            report(progress, "sample", min(num, (k + 1) * batch), num)
+            report(progress, "sample", chunks[k].stop - seed_start, num)
         parts = []
         for k in range(len(chunks)):
             with np.load(_batch_file(work, k)) as z:
@@ -288,16 +289,33 @@ def _write_samples(output: Path, parts: list[dict], *, sigmas, solver: str, meth
              method=method, provenance=provenance)
 
 
+class _SeedBatches(abc.Sequence):
+    """The seeds ``start .. start + num - 1`` in batches of ``batch``, each a ``range``, made when asked for (a
+    huge ``num`` is refused by its memory check, not by building its list of seeds first)."""
+
+    def __init__(self, start: int, num: int, batch: int):
+        self.start, self.stop, self.batch = start, start + num, batch
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch)
+
+    def __getitem__(self, k):
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        a = self.start + k * self.batch
+        return range(a, min(a + self.batch, self.stop))
+
+
 def _batch_file(work: Path, k: int) -> Path:
     return work / f"batch-{k:06d}.npz"
 
 
-def _complete_batches(work: Path, chunks: list[list[int]]) -> int:
+def _complete_batches(work: Path, chunks: Sequence[range]) -> int:
     """How many leading batch files in ``work`` are complete and hold the expected seeds (later ones are removed)."""
     for k, chunk in enumerate(chunks):
         try:
             with np.load(_batch_file(work, k)) as d:
-                ok = d["seeds"].tolist() == chunk and d["samples"].shape[0] == len(chunk) and "nfe" in d.files
+                ok = d["seeds"].tolist() == list(chunk) and d["samples"].shape[0] == len(chunk) and "nfe" in d.files
         except (OSError, KeyError, ValueError):
             ok = False
         if not ok:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from adasched.errors import ModelError
+from adasched.limits import array_bytes, check_memory
 
 __all__ = ["GaussianMixture", "PowerLawGaussian", "dct_matrix"]
 
@@ -106,6 +107,10 @@ class GaussianMixture:
 
     def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma
+
+    def working_bytes(self, batch: int, dtype: torch.dtype) -> int:
+        """Bytes a call on ``batch`` points allocates: :meth:`_posterior`'s ``[B, K, d]`` tensors (about five)."""
+        return array_bytes(5 * batch, *self.means.shape, itemsize=dtype.itemsize)
 
     def _posterior(self, x: torch.Tensor, sigma: torch.Tensor):
         """Per-component noised variances ``[B, K, d]`` and responsibilities ``[B, K]``."""
@@ -203,6 +208,9 @@ class PowerLawGaussian:
         self.shape = tuple(int(s) for s in shape)
         self.alpha, self.scale, self.mean = float(alpha), float(scale), float(mean)
         c, h, w = self.shape
+        check_memory(f"{source}: a power-law Gaussian of shape {list(self.shape)}",
+                     array_bytes(2, c, h, w) + array_bytes(3, h, w) + array_bytes(3, h * h + w * w),
+                     "float64 eigenvalues and mean image, their [H, W] temporaries, DCT matrices with theirs")
         fy = torch.arange(h, dtype=torch.float64)[:, None]
         fx = torch.arange(w, dtype=torch.float64)[None]
         self.eigenvalues = (scale * (1 + torch.sqrt(fy**2 + fx**2)) ** (-alpha)).expand(c, h, w).clone()
@@ -244,6 +252,10 @@ class PowerLawGaussian:
 
     def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma
+
+    def working_bytes(self, batch: int, dtype: torch.dtype) -> int:
+        """Bytes a call on ``batch`` images allocates: about four image-sized temporaries of the transforms."""
+        return array_bytes(4 * batch, *self.shape, itemsize=dtype.itemsize)
 
     def to_spectral(self, x: torch.Tensor) -> torch.Tensor:
         """Centred DCT coefficients of ``x``: independent, with variances ``eigenvalues``."""
