@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p, d)
     p.add_argument("--dtype", default=d["dtype"], choices=list(stages.DTYPES),
                    help=f"sampler state dtype (default {d['dtype']})")
+    p.add_argument("--class-label", type=int, help="a class-conditional model's class for every sample (default: a "
+                                                   "random class per seed)")
     _add_trust(p)
     p.add_argument("-o", "--output", required=True,
                    help="samples NPZ to write (finished batches wait in .NAME.partial/ until it is complete; "

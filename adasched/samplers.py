@@ -380,13 +380,16 @@ def check_sample_memory(denoise, num: int, shape: Sequence[int], batch: int, dty
 
 
 def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
-             device="cpu", dtype=torch.float64, progress: Callable[[int], None] | None = None, **options):
+             device="cpu", dtype=torch.float64, progress: Callable[[int], None] | None = None,
+             class_label: int | None = None, **options):
     """Draw one sample per seed with common random numbers; return samples, latents and the counted NFE.
 
     Sample ``i`` uses one CPU generator seeded ``seeds[i]``: first its unit-variance latent (float32,
     so the start point is ``latents * sigmas[0]``); for a class-conditional model (``label_dim > 0``) with
     no labels bound, then its class, uniform on ``0 .. label_dim - 1`` (EDM's random labels); then any
     noise a stochastic solver needs.  Results therefore do not depend on ``batch`` or ``device``.
+    ``class_label``: every sample of a class-conditional model is of this class (EDM's ``--class``); the
+    random classes are drawn all the same, so a stochastic solver's noise is that of a random-class run.
     ``progress(n_done)`` is called after each batch.  ``seeds`` may be a ``range``: it is read batch by
     batch, after the memory the request needs (the returned arrays, and a batch's working set) has been
     checked against what the machine has (:func:`adasched.limits.check_memory`); ``shape`` must be the
@@ -406,6 +409,11 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
     s = validate_sigmas(sigmas)
     num = len(seeds)
     draw_labels = draws_labels(denoise)
+    if class_label is not None:
+        classes = int(denoise.label_dim) if draw_labels else 0
+        if not 0 <= class_label < classes:
+            raise ModelError(f"class_label {class_label} is not a class of this model: it has " +
+                             (f"classes 0 to {classes - 1}" if classes else "no classes (not class-conditional)"))
     check_sample_memory(denoise, num, shape, batch, dtype)
     samples, lat = torch.empty(num, *shape), torch.empty(num, *shape)
     labels = torch.empty(num, dtype=torch.int64) if draw_labels else None
@@ -416,7 +424,8 @@ def generate(denoise, sigmas, solver: str, seeds: Sequence[int], shape: Sequence
         gen = PerSampleGenerator(chunk)
         z = gen.randn(shape)
         if draw_labels:
-            labels[start:stop] = gen.randint(denoise.label_dim)
+            drawn = gen.randint(denoise.label_dim)
+            labels[start:stop] = drawn if class_label is None else class_label
         counting = CountingDenoiser(denoise.with_labels(labels[start:stop]) if draw_labels else denoise)
         x = z.to(device=device, dtype=dtype) * s[0].to(dtype)
         out = spec.fn(counting, x, s, generator=gen if spec.stochastic else None, **options)

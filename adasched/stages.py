@@ -214,7 +214,8 @@ def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes
 
 def sample(*, model: str, schedule: PathLike, solver: str, num: int, output: PathLike, seed_start: int = 0,
            batch: int = 256, device: str = "auto", dtype: str = "float64", trust_pickle: bool = False,
-           solver_options: dict | None = None, progress: Progress | None = None) -> Path:
+           solver_options: dict | None = None, class_label: int | None = None,
+           progress: Progress | None = None) -> Path:
     """``num`` samples of ``model`` along ``schedule`` with ``solver`` into a samples NPZ (design.md's keys).
 
     Sample ``i`` starts from the latent of seed ``seed_start + i`` (common random numbers); the seeds run in
@@ -222,7 +223,8 @@ def sample(*, model: str, schedule: PathLike, solver: str, num: int, output: Pat
     killed resumes after its last complete batch, with the arrays an uninterrupted run writes, bit for bit
     (work made from other inputs is discarded).  ``solver_options`` override those the schedule was made
     with (used when it was made for the same solver).  ``nfe`` in the file is the counted number of
-    denoiser evaluations per sample.
+    denoiser evaluations per sample.  ``class_label``: every sample of a class-conditional model of this class
+    (default: a random class per seed, drawn as EDM does).
     """
     inputs = _inputs(locals())
     output = Path(output)
@@ -246,7 +248,7 @@ def sample(*, model: str, schedule: PathLike, solver: str, num: int, output: Pat
         for k in range(done, len(chunks)):
             with torch.inference_mode():
                 out = generate(net, sched.sigmas, solver, chunks[k], net.shape, batch=batch, device=device,
-                               dtype=getattr(torch, dtype), **opts)
+                               dtype=getattr(torch, dtype), class_label=class_label, **opts)
             save_npz(_batch_file(work, k), **{key: out[key].numpy() for key in _PER_SAMPLE[:3] if key in out},
                      seeds=np.asarray(chunks[k], dtype=np.int64), nfe=np.int64(out["nfe"]))
             report(progress, "sample", chunks[k].stop - seed_start, num)

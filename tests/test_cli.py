@@ -275,3 +275,31 @@ def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, mixture
     assert len(lines) == 1 and str(out) in lines[0], err
     assert ("is a directory" if where == "a folder" else "is a file, not a folder") in lines[0]
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_class_label_fixes_the_class_of_every_sample(tmp_path, capsys, mixture, monkeypatch):
+    """`--class-label N` (EDM's --class): every sample of a conditional model is of class N, from the same latents
+    as a random-class run; a class the model does not have, or a model without classes, is one line."""
+    from conditional_gaussians import ConditionalGaussians
+
+    from adasched import models
+
+    means = [[-20.0, 0.0], [0.0, 20.0], [20.0, 0.0]]
+    monkeypatch.setitem(models.LOADERS, "condgauss", lambda arg, **kw: ConditionalGaussians(means, c=0.5))
+    sched = tmp_path / "s.json"
+    assert run(["schedule", "--method", "edm", "--solver", "heun", "--nfe", 9, "-o", sched], capsys)[0] == 0
+    base = ["sample", "--model", "condgauss:three", "--schedule", sched, "--solver", "heun", "--num", 12,
+            "--batch", 5]
+    assert run(base + ["-o", tmp_path / "random.npz"], capsys) == (0, "")
+    assert run(base + ["--class-label", 2, "-o", tmp_path / "two.npz"], capsys) == (0, "")
+    with np.load(tmp_path / "random.npz") as r, np.load(tmp_path / "two.npz") as t:
+        assert len(set(r["labels"].tolist())) > 1 and t["labels"].tolist() == [2] * 12
+        np.testing.assert_array_equal(r["latents"], t["latents"])
+        assert np.all(np.abs(t["samples"] - np.array(means[2])).max(axis=1) < 5.0)  # class 2's component
+    for argv, needle in ((base + ["--class-label", 3], "class_label 3 is not a class of this model: it has classes "
+                                                       "0 to 2"),
+                         (["sample", "--model", f"gmm:{mixture}", "--schedule", sched, "--solver", "heun", "--num",
+                           3, "--class-label", 0], "no classes (not class-conditional)")):
+        rc, err = run(argv + ["-o", tmp_path / "bad.npz"], capsys)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and needle in err, err
+        assert not (tmp_path / "bad.npz").exists() and not (tmp_path / ".bad.npz.partial").exists()

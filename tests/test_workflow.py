@@ -113,6 +113,15 @@ def test_every_stage_option_the_sweep_hands_a_rule_binds_to_the_stage():
     bind("evaluate", dict(samples="s.npz", output="o", classifier="c", **digits.evaluate_options("d")))
 
 
+def test_a_sample_option_travels_from_the_config_to_the_stage():
+    """sample.class_label: schema -> Sweep -> the stage's keyword (the four places a sample option lives)."""
+    sweep = Sweep(validated(dict(TINY, sample={"num": 8, "batch": 4, "class_label": 1})))
+    got = bind("sample", dict(schedule="s.json", solver="heun", output="o", **sweep.sample_options("mix2d", "heun")))
+    assert (got["class_label"], got["batch"], got["num"]) == (1, 4, 8)
+    assert bind("sample", dict(schedule="s.json", solver="heun", output="o",
+                               **Sweep(validated(TINY)).sample_options("mix2d", "heun")))["class_label"] is None
+
+
 def test_bind_refuses_what_the_stage_does_not_take():
     with pytest.raises(AdaschedError, match=r"^sample: unknown option bacth; valid: model, schedule"):
         bind("sample", {"bacth": 3}, partial=True)
@@ -351,6 +360,7 @@ def test_dry_run_digits_model(tmp_path):
     ({"solvers": {"heun": [4]}}, "solvers.heun: solver 'heun' cannot spend exactly 4 evaluations"),
     ({"sample": {"nmu": 3}}, "sample: unknown key nmu; allowed: num, seed_start, batch, dtype, device, keep"),
     ({"sample": {"batch": "many"}}, "sample.batch: 'many' is not of type 'integer'"),
+    ({"sample": {"class_label": -1}}, "sample.class_label: -1 is less than the minimum of 0"),
     ({"solver_options": {"ipndm": {"max_ordr": 3}}}, "solver_options.ipndm: unknown key max_ordr; allowed: max_order"),
     ({"solver_options": {"ipndm": {"max_order": "3"}}}, "solver_options.ipndm.max_order: '3' is not of type 'integer'"),
     ({"solver_options": {"heun": {"S_churn": 1}}}, "solver_options.heun: unknown key S_churn; allowed: none"),

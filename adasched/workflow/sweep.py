@@ -377,8 +377,7 @@ class Sweep:
         s = self.config["sample"]
         opts = {"model": self.spec(model), "num": s["num"], "seed_start": s["seed_start"], "dtype": s["dtype"],
                 "device": s["device"], "solver_options": self.solver_options(solver)}
-        if "batch" in s:  # else the stage's default
-            opts["batch"] = s["batch"]
+        opts.update({k: s[k] for k in ("batch", "class_label") if k in s})  # else the stage's defaults
         if self.kind(model) == "edm" and self.models[model].get("trust_pickle"):
             opts["trust_pickle"] = True
         return opts
