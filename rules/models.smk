@@ -57,12 +57,12 @@ if SWEEP.edm_downloads():
     rule download_edm:
         """An EDM pickle, fetched into the loader's cache and checked (pinned hash, or recorded at first use)."""
         output:
-            "{checkpoint}",
+            f"{SWEEP.download_folder()}/{{checkpoint}}",
         log:
             f"{R}/logs/download/{{checkpoint}}.log",
         params:
-            spec=lambda w: SWEEP.spec(SWEEP.edm_downloads()[w.checkpoint]),
-            trust=lambda w: SWEEP.models[SWEEP.edm_downloads()[w.checkpoint]].get("trust_pickle", False),
+            spec=lambda w: SWEEP.spec(SWEEP.download_model(w.checkpoint)),
+            trust=lambda w: SWEEP.trust_pickle(SWEEP.download_model(w.checkpoint)),
         script:
             "../scripts/download_edm.py"
 

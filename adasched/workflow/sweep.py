@@ -238,7 +238,7 @@ class Sweep:
     def wildcard_constraints(self) -> dict[str, str]:
         alt = lambda names: "|".join(re.escape(n) for n in names)  # noqa: E731
         return {"model": alt(self.models), "method": alt(METHODS), "solver": alt(SOLVERS), "nfe": r"\d+",
-                "checkpoint": alt(self.edm_downloads())}
+                "checkpoint": alt(Path(p).name for p in self.edm_downloads())}
 
     # ------------------------------------------------------------------------------------------- models
 
@@ -288,6 +288,18 @@ class Sweep:
                     out[path] = model
         return out
 
+    def download_folder(self) -> str:
+        """Where the ``edm:`` loader caches downloads (:func:`adasched.edm.default_cache_dir`), which the
+        ``download_edm`` rule fills; its files are named by the ``checkpoint`` wildcard."""
+        return str(default_cache_dir())
+
+    def download_model(self, name: str) -> str:
+        """The model whose pickle the ``download_edm`` rule fetches as the file ``name`` of the download folder."""
+        return {Path(p).name: m for p, m in self.edm_downloads().items()}[name]
+
+    def trust_pickle(self, model: str) -> bool:
+        return bool(self.models[model].get("trust_pickle", False))
+
     def spec(self, model: str) -> str:
         """The model SPEC every ``adasched`` command of ``model`` is given."""
         kind = self.kind(model)
@@ -324,7 +336,7 @@ class Sweep:
                 "total_samples": own.pop("samples"), "batch": own.pop("batch", p["batch"]), **own,
                 **{k: p[k] for k in ("spacing", "seed", "sigma_min", "sigma_max", "weighting", "device")},
                 "resume": True}
-        if self.kind(model) == "edm" and self.models[model].get("trust_pickle"):
+        if self.kind(model) == "edm" and self.trust_pickle(model):
             opts["trust_pickle"] = True
         return opts
 
@@ -378,7 +390,7 @@ class Sweep:
         opts = {"model": self.spec(model), "num": s["num"], "seed_start": s["seed_start"], "dtype": s["dtype"],
                 "device": s["device"], "solver_options": self.solver_options(solver)}
         opts.update({k: s[k] for k in ("batch", "class_label") if k in s})  # else the stage's defaults
-        if self.kind(model) == "edm" and self.models[model].get("trust_pickle"):
+        if self.kind(model) == "edm" and self.trust_pickle(model):
             opts["trust_pickle"] = True
         return opts
 
