@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from adasched import registry
@@ -43,7 +43,10 @@ CAPPED_CPU = 20
 MIXTURE = {"weights": [0.3, 0.7], "means": [[-1.0, 0.0], [1.0, 0.5]], "variances": [[0.01, 0.1], [0.05, 0.02]]}
 KNOWN_KINDS = set(LOADERS) | set(PLUGINS)
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)
+#: Shared settings: no deadline (a shared CI machine), a fixed example stream, and no shrinking (a failure shows
+#: the generated input that broke the contract; shrinking it would cost the suite tens of seconds per bug).
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True,
+                phases=[Phase.explicit, Phase.generate])
 
 
 # ------------------------------------------------------------------------------------------------ harness
@@ -149,7 +152,10 @@ def refused_in_capped_child(cases: list[tuple[Path, list]]) -> None:
     assert proc.returncode == 0, (f"the capped child died (exit {proc.returncode}; -{int(signal.SIGXCPU)}: over its "
                                   f"CPU-time cap, the work was not refused): {proc.stderr[-2000:]}")
     for (folder, argv), listed, (rc, err) in zip(cases, before, json.loads(proc.stdout)):
-        assert_refused(rc, f"adasched {' '.join(map(str, argv))}\n{err}" if rc == 0 else err, folder, listed)
+        try:
+            assert_refused(rc, err, folder, listed)
+        except AssertionError as e:
+            raise AssertionError(f"adasched {' '.join(map(str, argv))}: {e}") from None
 
 
 # -------------------------------------------------------------------------------------------- bad numbers
@@ -170,8 +176,6 @@ not_an_int = st.one_of(
 )
 #: Not a positive integer: zero, negatives (as small and as huge as 10**18), or no integer at all.
 not_positive = st.one_of(st.just("0"), st.integers(-10**18, -1).map(str), not_an_int)
-#: Text that is no float (``float()`` refuses it).
-not_a_float = st.text(max_size=12).filter(lambda s: not _float_ok(s))
 
 
 def _float_ok(text: str) -> bool:
@@ -180,6 +184,10 @@ def _float_ok(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: Text that is no float (``float()`` refuses it).
+not_a_float = st.text(max_size=12).filter(lambda s: not _float_ok(s))
 
 
 def _argv(command: str, inputs: dict, out: Path) -> list:
@@ -366,33 +374,44 @@ _GOOD = {"method": "edm", "solver": "euler", "nfe": 4}
 
 
 #: Schedule file contents (bytes) that are no valid schedule.
-bad_schedule_files = st.one_of(
-    bad_sigmas.map(lambda s: json.dumps({"sigmas": s, **_GOOD}).encode()),
+_SIGMAS = {"sigmas": [2.0, 1.0, 0.0], **_GOOD}
+
+
+def _schedule_json(**changes) -> bytes:
+    return json.dumps({**_SIGMAS, **changes}).encode()
+
+
+#: Schedule file contents (bytes) that are no valid schedule, by kind of defect (each kind is tried).
+BAD_SCHEDULE_FILES = {
+    "bad sigmas": bad_sigmas.map(lambda s: _schedule_json(sigmas=s)),
     # a required key missing
-    st.sampled_from(["sigmas", "method", "solver", "nfe"]).map(
-        lambda k: json.dumps({kk: v for kk, v in {"sigmas": [2.0, 1.0, 0.0], **_GOOD}.items() if kk != k}).encode()),
+    "missing key": st.sampled_from(["sigmas", "method", "solver", "nfe"]).map(
+        lambda k: json.dumps({kk: v for kk, v in _SIGMAS.items() if kk != k}).encode()),
     # a key of the wrong type: method/solver not strings, nfe not a positive integer, params/provenance not objects
-    st.tuples(st.sampled_from(["method", "solver"]), _json_value.filter(lambda v: not isinstance(v, str))).map(
-        lambda t: json.dumps({"sigmas": [2.0, 1.0, 0.0], **_GOOD, t[0]: t[1]}).encode()),
-    _json_value.filter(lambda v: not (isinstance(v, int) and not isinstance(v, bool) and v >= 1)).map(
-        lambda v: json.dumps({"sigmas": [2.0, 1.0, 0.0], **_GOOD, "nfe": v}).encode()),
-    st.tuples(st.sampled_from(["params", "provenance"]), _json_value.filter(lambda v: not isinstance(v, dict))).map(
-        lambda t: json.dumps({"sigmas": [2.0, 1.0, 0.0], **_GOOD, t[0]: t[1]}).encode()),
+    "wrong type": st.one_of(
+        st.tuples(st.sampled_from(["method", "solver"]), _json_value.filter(lambda v: not isinstance(v, str))),
+        st.tuples(st.just("nfe"), _json_value.filter(lambda v: not (isinstance(v, int) and not isinstance(v, bool)
+                                                                    and v >= 1))),
+        st.tuples(st.sampled_from(["params", "provenance"]), _json_value.filter(lambda v: not isinstance(v, dict))),
+    ).map(lambda t: _schedule_json(**{t[0]: t[1]})),
     # an unknown key
-    st.text(min_size=1, max_size=8).filter(lambda k: k not in ("sigmas", "method", "solver", "nfe", "params",
-                                                                "provenance")).map(
-        lambda k: json.dumps({"sigmas": [2.0, 1.0, 0.0], **_GOOD, k: 1}).encode()),
+    "unknown key": st.text(min_size=1, max_size=8).filter(lambda k: k not in (*_SIGMAS, "params", "provenance")).map(
+        lambda k: _schedule_json(**{k: 1})),
     # JSON, but not an object
-    _json_value.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
-    # not JSON at all: truncated JSON, prose, empty, binary garbage (often not even UTF-8)
-    st.just(b""), st.just(b'{"sigmas": [2.0, 1.0, 0.0'), st.text(max_size=30).filter(_no_json).map(str.encode),
-    binary_garbage,
-)
+    "not an object": _json_value.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
+    # not JSON at all: empty, truncated JSON, prose
+    "not json": st.one_of(st.just(b""), st.just(b'{"sigmas": [2.0, 1.0, 0.0'),
+                          st.text(max_size=30).filter(_no_json).map(str.encode)),
+    "binary": binary_garbage,
+}
+bad_schedule_files = st.one_of(*BAD_SCHEDULE_FILES.values())
 
 
-@settings(max_examples=80, **SETTINGS)
-@given(content=bad_schedule_files)
-def test_bad_schedule_files(capsys, content):
+@pytest.mark.parametrize("kind", BAD_SCHEDULE_FILES)
+@settings(max_examples=10, **SETTINGS)
+@given(data=st.data())
+def test_bad_schedule_files(capsys, kind, data):
+    content = data.draw(BAD_SCHEDULE_FILES[kind])
     with fresh_folder() as folder:
         inputs = write_inputs(folder)
         (folder / "bad.json").write_bytes(content)
@@ -468,11 +487,12 @@ garbage = st.one_of(st.just(b""), binary_garbage)
 
 
 @pytest.mark.parametrize("command", ["sample", "probe", "evaluate"])
-@pytest.mark.parametrize("kind", ["gmm", "powerlaw"])
-@settings(max_examples=15, **SETTINGS)
+@pytest.mark.parametrize("kind, contents", [("gmm", "bad_mixtures"), ("gmm", "garbage"), ("powerlaw", "bad_powerlaws"),
+                                            ("powerlaw", "garbage")])
+@settings(max_examples=8, **SETTINGS)
 @given(data=st.data())
-def test_bad_model_files(capsys, kind, command, data):
-    content = data.draw(st.one_of({"gmm": bad_mixtures, "powerlaw": bad_powerlaws}[kind], garbage))
+def test_bad_model_files(capsys, kind, contents, command, data):
+    content = data.draw(globals()[contents])
     with fresh_folder() as folder:
         inputs = write_inputs(folder)
         if command == "evaluate":
@@ -566,7 +586,10 @@ bad_samples = st.one_of(
     st.integers(0, 6).filter(lambda n: n != 3).map(lambda n: {**_SAMPLES, "latents": np.zeros((n, 2), np.float32)}),
     st.integers(0, 6).filter(lambda n: n != 3).map(lambda n: {**_SAMPLES, "seeds": np.arange(n)}),
     st.sampled_from([np.int64(0), np.zeros((3, 1), np.int64)]).map(lambda s: {**_SAMPLES, "seeds": s}),
-    # no samples at all
+    # an nfe that is not one integer
+    st.sampled_from([np.array([3, 4]), np.zeros((0,), np.int64), np.array("three")]).map(
+        lambda v: {**_SAMPLES, "nfe": v}),
+    # no samples at all (an RMSE over no samples is undefined)
     st.just({**_SAMPLES, "samples": np.zeros((0, 2), np.float32), "latents": np.zeros((0, 2), np.float32),
              "seeds": np.zeros(0, np.int64)}),
 ).map(_savez)
@@ -576,9 +599,11 @@ bad_samples = st.one_of(
 not_npz = st.one_of(garbage, st.just(_npy(np.zeros(3))), st.just(_npy(np.array([{"samples": 1}], dtype=object))))
 
 
-@settings(max_examples=40, **SETTINGS)
-@given(content=st.one_of(bad_samples, not_npz))
-def test_bad_samples_files(capsys, content):
+@pytest.mark.parametrize("contents", [bad_samples, not_npz], ids=["bad_samples", "not_npz"])
+@settings(max_examples=15, **SETTINGS)
+@given(data=st.data())
+def test_bad_samples_files(capsys, contents, data):
+    content = data.draw(contents)
     with fresh_folder() as folder:
         inputs = write_inputs(folder)
         inputs["samples"] = folder / "x.npz"
@@ -636,7 +661,8 @@ def test_refused_run_makes_no_output_folders(capsys, command, depth, spec):
 
 
 #: Careless inputs as users make them, each once: a schedule saved in a binary format, power-law shapes written
-#: as words or infinities, a plain ``.npy`` array given as a samples NPZ, an empty samples file.
+#: as words or infinities, a plain ``.npy`` array given as a samples NPZ, an empty samples file, a samples file
+#: whose seeds are one number or whose nfe is several.
 CARELESS = {
     "binary schedule": ("schedule", b"\xff\xfe\x00garbage"),
     "shape word": ("powerlaw", b'{"shape": [1, "abc", 2]}'),
@@ -645,6 +671,8 @@ CARELESS = {
     "shape string": ("powerlaw", b'{"shape": "abc"}'),
     "npy samples": ("samples", _npy(np.zeros(3))),
     "empty samples": ("samples", b""),
+    "scalar seeds": ("samples", _savez({**_SAMPLES, "seeds": np.int64(0)})),
+    "nfe array": ("samples", _savez({**_SAMPLES, "nfe": np.array([3, 4])})),
 }
 
 
