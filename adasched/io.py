@@ -261,11 +261,13 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Read a JSON file; a missing or malformed file is a :class:`~adasched.errors.AdaschedError`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AdaschedError(f"{what} not found: {path}") from None
     except OSError as e:
         raise AdaschedError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise AdaschedError(f"{what} {path} is not JSON: byte {e.start} is not UTF-8 text") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -88,15 +88,20 @@ def sliced_wasserstein(x, y, projections: int = 256, seed: int = 0) -> float:
 def load_samples(path, what: str = "samples file") -> dict:
     """Every array of a samples NPZ, after checking that they fit in memory (sizes from the headers)."""
     try:
-        with np.load(path) as f:
+        with open(path, "rb") as raw:
+            f = np.load(raw)
+            if not isinstance(f, np.lib.npyio.NpzFile):  # an .npy file loads as one array
+                raise DataError(f"{what} {path} is not an NPZ archive of named arrays (adasched sample writes one)")
             sizes = [npz_header(f, k) for k in f.files]
             check_memory(f"{what} {path}", sum(array_bytes(1, *shape, itemsize=dt.itemsize) for shape, dt in sizes),
                          "its arrays as stored")
             return {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
+        raise DataError(f"cannot read {what} {path}: {e or 'it is empty'}") from None
 
 
 #: Sample-sized float64 arrays the analytic metrics hold at once (start points, ODE solution, exact target
@@ -120,10 +125,14 @@ def evaluate_samples(samples_npz, model=None, reference_npz=None, projections: i
     missing = [k for k in ("samples", "latents", "seeds", "sigmas", "nfe") if k not in d]
     if missing:
         raise DataError(f"{samples_npz} is not a samples file: missing {', '.join(missing)}")
-    shape, n = tuple(d["samples"].shape), len(d["seeds"])
+    shape, n = tuple(d["samples"].shape), d["seeds"].size
     if d["latents"].shape != d["samples"].shape or d["seeds"].shape != (n,) or not shape or shape[0] != n:
         raise DataError(f"{samples_npz}: samples of shape {shape}, latents of shape {d['latents'].shape} and seeds "
                         f"of shape {d['seeds'].shape} disagree; need [N, ...], [N, ...] and [N]")
+    if n == 0:
+        raise DataError(f"{samples_npz} holds no samples")
+    if d["nfe"].shape != () or not np.issubdtype(d["nfe"].dtype, np.integer):
+        raise DataError(f"{samples_npz}: nfe must be one integer, found {d['nfe'].dtype} of shape {d['nfe'].shape}")
     out: dict = {"num_samples": n, "seeds": [int(d["seeds"].min()), int(d["seeds"].max()) + 1] if n else [],
                  "nfe": int(d["nfe"]), "solver": str(d.get("solver", "")), "method": str(d.get("method", ""))}
     metrics: dict = {}

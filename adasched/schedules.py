@@ -64,6 +64,7 @@ def validate_sigmas(sigmas: Any) -> torch.Tensor:
         s = torch.from_numpy(array.astype(np.float64))  # astype copies
     if s.ndim != 1 or s.numel() < 2:
         raise ScheduleError(f"sigmas must be a 1-D list of at least 2 values, got shape {tuple(s.shape)}")
+    check_size("number of steps of a schedule", s.numel() - 1, MAX_STEPS, "adasched.limits.MAX_STEPS")
     if not torch.isfinite(s).all():
         i = int(torch.nonzero(~torch.isfinite(s))[0])
         raise ScheduleError(f"sigmas must be finite, found sigmas[{i}]={s[i].item()}")

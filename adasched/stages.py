@@ -528,15 +528,18 @@ def _partial_work(output: Path, stage: str, inputs: dict) -> Iterator[Path]:
         if not same:
             log.info("%s: discarding work in %s made from other inputs", stage, work)
             shutil.rmtree(work)
-    fresh = not work.exists()
-    if fresh:
+    made = [p for p in (work, *work.parents) if not p.exists()]  # the folders this call makes, deepest first
+    if made:
         work.mkdir(parents=True)
         write_json(stamp, {"inputs_digest": digest, "stage": stage})
     try:
         yield work
     except BaseException:
-        if fresh and [p.name for p in work.iterdir()] == [stamp.name]:
+        if made and [p.name for p in work.iterdir()] == [stamp.name]:
             shutil.rmtree(work, ignore_errors=True)
+            for folder in made[1:]:  # and the output's folders it made, while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 

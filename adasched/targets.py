@@ -240,6 +240,14 @@ class PowerLawGaussian:
             raise ModelError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
         if not isinstance(obj.get("eigenbasis", False), bool):
             raise ModelError(f"{source}: 'eigenbasis' must be true or false, got {obj['eigenbasis']!r}")
+        shape = obj.get("shape", [3, 32, 32])
+        if not (isinstance(shape, list) and len(shape) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+            raise ModelError(f"{source}: 'shape' must be three positive integers [C, H, W], got {shape!r}")
+        for key in ("alpha", "scale", "mean"):
+            v = obj.get(key, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ModelError(f"{source}: '{key}' must be a finite number, got {v!r}")
         try:
             return cls(source=source, **obj)
         except TypeError:
