@@ -12,13 +12,14 @@ import torch
 EPS32 = torch.finfo(torch.float32).eps
 
 
-def float32_tolerance(result: torch.Tensor, twin: torch.Tensor, k: float = 4.0) -> float:
+def float32_tolerance(result: torch.Tensor, twin: torch.Tensor, k: float = 8.0) -> float:
     """Largest difference allowed between ``result`` and another float32 computation of it in another order.
 
     ``k`` times the float32 error of ``result`` against its float64 ``twin``, and at least ``k`` roundings of the
     largest value of ``twin``.  Both float32 results are off the float64 value by errors of about that size, so
-    they differ by at most about twice that; ``k = 4`` leaves a factor 2 for the spread of the largest rounding
-    error between orders (measured on the digits net: up to 1.9 times the reference's over 256 outputs).
+    they differ by about twice that.  Measured on the digits net (channels_last against the contiguous layout,
+    40 inputs of 256 outputs, under four CPU kernel choices): at most 2.2 times the reference's error, median
+    1.4; ``k = 8`` leaves a factor 3.6 above the largest.
 
     A bug in ``result``'s own path also changes its twin (same code), so it is not caught by this tolerance:
     compare the twins, or ``result`` with an independent truth, for that.

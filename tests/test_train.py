@@ -378,8 +378,8 @@ def test_sample_model_is_per_seed(short_run):
     rounding, which the final cast to float32 samples leaves at most one float32 step apart.  In float32 the
     convolution kernels sum in an order that depends on the batch size and the CPU (measured 0.7-1.2e-5 here
     under several kernel choices, against a float32 error of the batch-1 samples of 3.3e-5): the samples
-    agree within :func:`rounding.float32_tolerance` of the batch-1 run.  A seed off by one moves a sample by
-    11, 1e5 times that tolerance and 1e7 times the float64 one.
+    agree within :func:`rounding.float32_tolerance` of the batch-1 run (2.7e-4).  A seed off by one moves a
+    sample by 11, 4e4 times that tolerance and 1.5e7 times the float64 one.
     """
     _, _, model, _ = short_run
     model64 = copy.deepcopy(model)
