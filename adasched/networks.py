@@ -68,7 +68,7 @@ class PositionalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arg = x.float()[:, None] * self.freqs[None, :]
+        arg = x.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
@@ -82,7 +82,7 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("freqs", torch.randn(channels // 2) * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arg = (2 * math.pi) * x.float()[:, None] * self.freqs[None, :]
+        arg = (2 * math.pi) * x.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
@@ -264,9 +264,10 @@ class EDMPrecond(nn.Module):
 
     Karras et al. 2022, Table 1 and Eq. 7.  ``forward(x, sigma, class_labels=None)`` takes ``sigma`` of
     shape ``[B]`` (or a scalar), returns ``D`` in ``x``'s dtype (samplers keep float64 state), and runs
-    the preconditioning in float32 and the network in float32 or, with ``autocast_dtype``, under
-    ``torch.autocast`` in that dtype.  ``channels_last`` stores the network's weights and input in
-    NHWC layout (faster convolutions on recent GPUs).  Both can be changed later with
+    the preconditioning and the network in the parameters' dtype (float32 as built; float64 after
+    ``.double()``, the reference that float32 results are checked against) or, with ``autocast_dtype``,
+    the network under ``torch.autocast`` in that dtype.  ``channels_last`` stores the network's weights
+    and input in NHWC layout (faster convolutions on recent GPUs).  Both can be changed later with
     :meth:`set_precision`.
 
     Class labels are one-hot (or soft) rows ``[B, label_dim]`` or integer class indices ``[B]``; a
@@ -294,8 +295,14 @@ class EDMPrecond(nn.Module):
         """Shape of one sample, ``(C, H, W)``."""
         return (self.img_channels, self.img_resolution, self.img_resolution)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the parameters, in which the preconditioning runs (float32 unless converted)."""
+        p = next(self.model.parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
     def set_precision(self, *, autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> "EDMPrecond":
-        """Choose the network's compute dtype (``None`` = float32) and memory layout; returns ``self``."""
+        """Choose the network's autocast dtype (``None``: the parameters' own) and memory layout; returns ``self``."""
         if autocast_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
             raise ModelError(f"autocast_dtype must be None, float32, float16 or bfloat16, got {autocast_dtype!r}")
         self.autocast_dtype = None if autocast_dtype == torch.float32 else autocast_dtype
@@ -316,14 +323,14 @@ class EDMPrecond(nn.Module):
             raise ModelError(f"this network is class-conditional (label_dim={self.label_dim}); pass class_labels")
         c = torch.as_tensor(class_labels, device=device)
         if not c.is_floating_point():
-            c = F.one_hot(c.long().reshape(-1), self.label_dim).float()
-        c = c.float().reshape(-1, self.label_dim)
+            c = F.one_hot(c.long().reshape(-1), self.label_dim)
+        c = c.to(self.compute_dtype).reshape(-1, self.label_dim)
         return c.expand(batch, -1) if c.shape[0] == 1 else c
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None, **model_kwargs) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
+        dtype, ct = x.dtype, self.compute_dtype
+        x_ct = x.to(ct)
+        sigma = torch.as_tensor(sigma, device=x.device).to(ct).reshape(-1, 1, 1, 1)
         if sigma.shape[0] == 1 and x.shape[0] != 1:
             sigma = sigma.expand(x.shape[0], 1, 1, 1)
         labels = self._labels(class_labels, x.shape[0], x.device)
@@ -332,7 +339,7 @@ class EDMPrecond(nn.Module):
         c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
         c_in = 1 / (sigma**2 + sd**2).sqrt()
         c_noise = sigma.log().flatten() / 4
-        x_in = c_in * x32
+        x_in = c_in * x_ct
         if self.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         # No weight-cast cache: each weight is used once per call anyway, and a cache would not survive
@@ -341,7 +348,7 @@ class EDMPrecond(nn.Module):
                if self.autocast_dtype is not None else contextlib.nullcontext())
         with amp:
             F_x = self.model(x_in, c_noise, labels, **model_kwargs)
-        D = c_skip * x32 + c_out * F_x.to(torch.float32)
+        D = c_skip * x_ct + c_out * F_x.to(ct)
         return D.to(dtype)
 
 
