@@ -70,9 +70,10 @@ def test_sample_contract_npz(tmp_path, capsys, mixture, solver):
     assert d["seeds"].dtype == np.int64 and d["seeds"].tolist() == list(range(100, 109))
     assert d["sigmas"].dtype == np.float64 and d["sigmas"][-1] == 0
     assert int(d["nfe"]) == nfe_for_steps(solver, 6)
-    # The start point is latents * sigmas[0], and the result is what the library gives for these seeds.
+    # The start point is latents * sigmas[0], and the result is what the library gives for these seeds (in the
+    # same batches: the same arithmetic, so equal bit for bit on any CPU).
     ref = generate(GaussianMixture(**MIXTURE), torch.from_numpy(d["sigmas"]), solver, range(100, 109), (2,),
-                   batch=9)
+                   batch=4)
     assert np.array_equal(ref["latents"].numpy(), d["latents"])
     assert np.array_equal(ref["samples"].numpy(), d["samples"])
 

@@ -222,7 +222,7 @@ def test_sample_in_seed_shards_is_the_unsharded_sample(inputs, tmp_path):
     run_here("sample", tmp_path / "s2.log", cfg, **(so | {"output": str(out2)}))
     assert "1 of 3 shards already done" in (tmp_path / "s2.log").read_text()
     assert_same_samples(tmp_path / "whole.npz", out2)
-    with pytest.raises(AdaschedError, match=r"sample_shards \(60\) is more than the 50 samples"):
+    with pytest.raises(AdaschedError, match=r"sample_shards \(60\) is more than the 7 batches of 8 samples"):
         run_here("sample", tmp_path / "s3.log", {"dispatch": {"sample_shards": 60}},
                  **(so | {"output": str(tmp_path / "x.npz")}))
     assert not (tmp_path / "x.npz").exists()

@@ -40,7 +40,7 @@ TINY = {
     "methods": ["edm", "score-optimal"],
     "solvers": {"euler": [3, 5], "heun": [3, 5]},
     "probe": {"corrector": {"grid": 20, "samples": 16}},
-    "sample": {"num": 32},
+    "sample": {"num": 32, "batch": 16},
 }
 
 
@@ -101,7 +101,7 @@ def test_every_stage_option_the_sweep_hands_a_rule_binds_to_the_stage():
                                     **sweep.schedule_options("mix2d", method, "ipndm")))
         assert got["nfe"] == 5 and got["solver_options"] == {"max_order": 3}
     got = bind("sample", dict(schedule="s.json", solver="ipndm", output="o", **sweep.sample_options("mix2d", "ipndm")))
-    assert got["solver_options"] == {"max_order": 3} and got["batch"] == 256  # config.yaml sets none: the stage's
+    assert got["solver_options"] == {"max_order": 3} and got["batch"] == 16
     bind("evaluate", dict(samples="s.npz", output="o", **sweep.evaluate_options("mix2d")))
     for cost in ("corrector", "predictor"):
         assert bind("probe", dict(output="o", **sweep.probe_options("mix2d", cost)))["resume"] is True
@@ -118,8 +118,9 @@ def test_a_sample_option_travels_from_the_config_to_the_stage():
     sweep = Sweep(validated(dict(TINY, sample={"num": 8, "batch": 4, "class_label": 1})))
     got = bind("sample", dict(schedule="s.json", solver="heun", output="o", **sweep.sample_options("mix2d", "heun")))
     assert (got["class_label"], got["batch"], got["num"]) == (1, 4, 8)
-    assert bind("sample", dict(schedule="s.json", solver="heun", output="o",
-                               **Sweep(validated(TINY)).sample_options("mix2d", "heun")))["class_label"] is None
+    unset = bind("sample", dict(schedule="s.json", solver="heun", output="o",
+                                **Sweep(validated(dict(TINY, sample={"num": 8}))).sample_options("mix2d", "heun")))
+    assert unset["class_label"] is None and unset["batch"] == 256  # not in the config: the stage's defaults
 
 
 def test_bind_refuses_what_the_stage_does_not_take():

@@ -96,21 +96,24 @@ def run_here(name: str, log_path: str | os.PathLike, config: dict, **options) ->
 def _sample_in_shards(d: Dispatcher, options: dict, shards: int) -> str:
     """The sample ``options`` ask for as ``shards`` contiguous seed ranges, ONE job array, joined into its output.
 
-    Every sample depends on its seed alone, so the joined file holds the arrays an unsharded run writes, bit
-    for bit.  Shards live in ``.<output name>.shards/`` beside the output; a shard finished from the same
-    inputs is not run again (a rerun after a failed or cancelled array only submits the rest), and the
-    folder is removed once the joined output is in place.
+    The ranges are cut between the unsharded run's batches, so each shard computes exactly the batches that
+    run would, and the joined file holds its arrays bit for bit, on any CPU.  Shards live in
+    ``.<output name>.shards/`` beside the output; a shard finished from the same inputs is not run again (a
+    rerun after a failed or cancelled array only submits the rest), and the folder is removed once the joined
+    output is in place.
     """
     out = Path(options["output"])
-    num, start = options["num"], options["seed_start"]
-    if shards > num:
-        raise AdaschedError(f"dispatch.sample_shards ({shards}) is more than the {num} samples of {out}")
+    num, start, batch = options["num"], options["seed_start"], options["batch"]
+    batches = -(-num // batch)
+    if shards > batches:
+        raise AdaschedError(f"dispatch.sample_shards ({shards}) is more than the {batches} batches of {batch} "
+                            f"samples of {out} (sample.batch)")
     whole = Resumable(STAGES["sample"], options, out)
     if whole.done():
         log.info("sample: %s is already made from the same inputs", out)
         return str(out)
     folder = out.parent / f".{out.name}.shards"
-    bounds = [start + (num * k) // shards for k in range(shards + 1)]
+    bounds = [start + min(num, batch * ((batches * k) // shards)) for k in range(shards + 1)]
     parts = [Resumable(STAGES["sample"], {**options, "seed_start": a, "num": b - a, "output": str(part)}, part)
              for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) for part in [folder / f"shard-{k:04d}.npz"]]
     d.run_all(parts, name=f"sample {out}")
