@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
+from adasched import __version__
 from adasched.errors import AdaschedError, Interrupted
 
 __all__ = ["atomic_path", "check_output", "exclusive_lock", "write_json", "read_json", "save_npz", "npz_header",
@@ -300,10 +302,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def provenance(**extra: Any) -> dict:
     """What produced an output: package versions and platform, plus ``extra`` (config slice, hashes)."""
-    import torch
-
-    from adasched import __version__
-
     out = {
         "adasched": __version__,
         "python": sys.version.split()[0],

@@ -100,6 +100,7 @@ def cumulative_length(costs: Any, floor: float = COST_FLOOR) -> np.ndarray:
 
 def _inverse(probe_sigmas: np.ndarray, costs: np.ndarray, floor: float):
     """``(Lambda_hat at the probe points, PCHIP Lambda -> log sigma)``, with the zero-cost guard."""
+    # heavy: scipy.interpolate would slow every start; loaded at the first read-out
     from scipy.interpolate import PchipInterpolator
 
     if costs.max() == 0:
@@ -160,6 +161,7 @@ def update_schedule(probe_sigmas: Any, costs: Any, T: int | None = None, *, floo
 
 def _lambda_at(lam: np.ndarray, inv, s: np.ndarray, sigma: float) -> float:
     """``Lambda_hat(sigma)`` consistent with the interpolant: solve ``inv(Lambda) = log sigma``."""
+    # heavy: scipy.optimize would slow every start; loaded at the first read-out
     from scipy.optimize import brentq
 
     if sigma == s[0]:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import h5py
 import numpy as np
 import torch
 
@@ -415,8 +416,6 @@ def _fail_read(path: Path, why: str) -> DataError:
 
 def read_probes(path: str | os.PathLike) -> ProbeResult:
     """Read a probe file written by :func:`probe` (locking off); a missing or foreign file is a DataError."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"probe file not found: {path}")
@@ -462,8 +461,6 @@ def _write(path: Path, st: ProbeResult) -> None:
     :func:`~adasched.io.atomic_path` turns into one line, where HDF5 writing the file itself would leave
     an unclosable file behind and the interpreter segfaulting at exit.
     """
-    import h5py
-
     image = io.BytesIO()
     with h5py.File(image, "w") as f:
         f.attrs["format"] = FORMAT
