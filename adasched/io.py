@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from adasched import __version__
 from adasched.errors import AdaschedError, Interrupted
@@ -302,6 +301,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def provenance(**extra: Any) -> dict:
     """What produced an output: package versions and platform, plus ``extra`` (config slice, hashes)."""
+    # heavy (seconds to import): the base floor loads torch only where its version is recorded
+    import torch
+
     out = {
         "adasched": __version__,
         "python": sys.version.split()[0],
