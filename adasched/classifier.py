@@ -22,9 +22,13 @@ import os
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from adasched.data import digits
 from adasched.errors import ModelError
+from adasched.io import atomic_path, provenance
 
 __all__ = ["DigitsClassifier", "train_digits_classifier", "digits_split", "save_classifier", "load_classifier",
            "confidence", "FEATURE_DIM"]
@@ -124,8 +128,6 @@ def train_digits_classifier(seed: int = 0, *, epochs: int = 25, batch: int = 64,
     (``test_fraction`` of the 1797 images, :func:`digits_split` with ``split_seed``) is never trained on; its
     accuracy is logged and kept in ``model.info["test_accuracy"]``.  A few seconds on one CPU thread.
     """
-    from adasched.data import digits
-
     x = digits().to(torch.float32)
     y = torch.from_numpy(_digit_labels())
     train_idx, test_idx = digits_split(test_fraction, split_seed)
@@ -188,6 +190,7 @@ def _outliers(b: int, g: torch.Generator, mean: torch.Tensor) -> torch.Tensor:
 
 
 def _digit_labels():
+    # heavy: scikit-learn takes seconds to import; only the digits need it
     from sklearn.datasets import load_digits
 
     return load_digits().target.astype("int64")
@@ -195,10 +198,6 @@ def _digit_labels():
 
 def save_classifier(model: DigitsClassifier, path: str | os.PathLike) -> None:
     """Write ``model`` as safetensors (weights) with its config and ``info`` as JSON in the header, atomically."""
-    from safetensors.torch import save_file
-
-    from adasched.io import atomic_path, provenance
-
     meta = {"format": _FORMAT, "config": model.config(), "info": model.info, "provenance": provenance()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -207,9 +206,6 @@ def save_classifier(model: DigitsClassifier, path: str | os.PathLike) -> None:
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> DigitsClassifier:
     """Load a :func:`save_classifier` file (safetensors: no code runs); the model is in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

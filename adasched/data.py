@@ -49,11 +49,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from adasched.errors import DataError
 from adasched.io import npz_header
 from adasched.limits import array_bytes, check_memory
-from adasched.probe import DatasetSampler
+from adasched.probe import DatasetSampler, target_sampler
+from adasched.samplers import generate
+from adasched.schedules import sigmas_edm
 
 __all__ = ["load_data_sampler", "load_dataset", "Dataset", "LabelledSampler", "sample_labels", "digits",
            "digit_labels", "load_images", "cifar10", "default_data_dir", "ModelSampler", "DATA_KINDS",
@@ -166,6 +169,7 @@ def sample_labels(sampler, seeds: Sequence[int]) -> torch.Tensor | None:
 
 def digits() -> torch.Tensor:
     """The 1797 bundled 8x8 digits as ``[N, 1, 8, 8]`` float64 in [-1, 1] (no download)."""
+    # heavy: scikit-learn takes seconds to import; only the digits need it
     from sklearn.datasets import load_digits
 
     x = load_digits().images.astype(np.float64) / 16.0 * 2 - 1
@@ -174,6 +178,7 @@ def digits() -> torch.Tensor:
 
 def digit_labels() -> torch.Tensor:
     """The classes 0..9 of :func:`digits`, ``[N]`` int64, in the same order."""
+    # heavy: scikit-learn takes seconds to import; only the digits need it
     from sklearn.datasets import load_digits
 
     return torch.from_numpy(load_digits().target.astype(np.int64))
@@ -181,8 +186,6 @@ def digit_labels() -> torch.Tensor:
 
 def _decode(raw: bytes, name: str) -> np.ndarray:
     """One image file as ``uint8`` ``[C, H, W]`` (C = 1 for grey levels, else 3)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
@@ -280,6 +283,7 @@ def cifar10(split: str = "train", root: str | os.PathLike | None = None, downloa
     if split not in ("train", "test"):
         raise DataError(f"unknown CIFAR-10 split {split!r}; valid: train, test")
     try:
+        # heavy: torchvision.datasets takes seconds to import; only CIFAR-10 needs it
         from torchvision.datasets import CIFAR10
     except ImportError:
         raise DataError("CIFAR-10 needs the package torchvision (pip install torchvision)") from None
@@ -377,9 +381,6 @@ class ModelSampler:
     def pooled(self) -> LabelledSampler:
         """The sampler over the pool, drawing the pool at the first call."""
         if self._sampler is None:
-            from adasched.samplers import generate
-            from adasched.schedules import sigmas_edm
-
             lo = max(float(getattr(self.denoise, "sigma_min", 0.002)), 0.002)
             hi = min(float(getattr(self.denoise, "sigma_max", 80.0)), 80.0)
             logger.info("drawing the model's sample pool: %d samples, %d NFE each", self.pool, 2 * self.steps - 1)
@@ -405,8 +406,6 @@ def load_data_sampler(spec: str, model, *, root: str | os.PathLike | None = None
     ``root`` and ``download`` apply to ``cifar10`` (the data folder, and whether a missing dataset
     may be downloaded); ``device`` and ``dtype`` to ``model`` (where and how its pool is drawn).
     """
-    from adasched.probe import target_sampler
-
     if spec == "target":
         if not callable(getattr(model, "sample", None)):
             raise DataError("--data target needs an analytic model (gmm:, powerlaw:); "

@@ -45,7 +45,10 @@ from pathlib import Path
 import torch
 
 from adasched.denoisers import EpsDenoiser, NetworkDenoiser, VDenoiser
+from adasched.edm import default_cache_dir
 from adasched.errors import ModelError
+from adasched.io import sha256_file
+from adasched.models import register
 
 __all__ = ["DiffusersDenoiser", "load_diffusers", "training_sigmas", "resolve_source", "WEIGHTS", "PICKLE_WEIGHTS"]
 
@@ -280,8 +283,6 @@ def _hub_dir(cache_dir: Path, repo_id: str, revision: str | None) -> Path:
 def resolve_source(argument: str, *, cache_dir: str | os.PathLike | None = None, trust: bool = False,
                    download: bool = True) -> tuple[Path, str | None]:
     """The local folder of ``DIR_OR_HUB_ID[@REVISION]`` (downloading a hub id when needed) and the revision."""
-    from adasched.edm import default_cache_dir
-
     if Path(argument).is_dir():
         return Path(argument), None
     repo_id, _, revision = argument.rpartition("@") if "@" in argument else (argument, "", None)
@@ -299,7 +300,7 @@ def resolve_source(argument: str, *, cache_dir: str | os.PathLike | None = None,
     if not download:
         raise ModelError(f"diffusers model {argument}: no folder {argument} and no downloaded copy at {local}; {where}")
     try:
-        import huggingface_hub
+        import huggingface_hub  # optional: only a download from the Hub needs it
     except ImportError:
         raise ModelError(f"downloading {repo_id} needs the package huggingface_hub; or {where}") from None
     if revision is None:
@@ -359,8 +360,6 @@ def load_diffusers(argument: str | os.PathLike, *, device: str | torch.device = 
     download:
         Allow fetching a Hub id that is not in the cache yet.
     """
-    from adasched.io import sha256_file
-
     argument = os.fspath(argument)
     argument = argument[len("diffusers:"):] if argument.startswith("diffusers:") else argument
     if not argument:
@@ -386,6 +385,7 @@ def load_diffusers(argument: str | os.PathLike, *, device: str | torch.device = 
         raise ModelError(f"{sched_path}: unsupported prediction_type {prediction!r}; valid: "
                          f"{', '.join(PREDICTION_TYPES)}")
     try:
+        # optional and heavy: only the diffusers: model kind needs it
         from diffusers import DDPMScheduler, UNet2DModel
     except ImportError:
         raise ModelError("the diffusers: model kind needs the package diffusers (pip install diffusers)") from None
@@ -410,8 +410,6 @@ def load_diffusers(argument: str | os.PathLike, *, device: str | torch.device = 
 
 def _register_spec_kind() -> None:
     """Make ``diffusers:`` a kind of :func:`adasched.models.load_model`."""
-    from adasched.models import register
-
     @register("diffusers")
     def _load_diffusers_spec(argument: str, *, device="cpu", trust=False, cache_dir=None, download=True, **_):
         return load_diffusers(argument, device=device, trust=trust, cache_dir=cache_dir, download=download)

@@ -322,7 +322,7 @@ class Dispatcher:
     # ----------------------------------------------------------------------------------------- submitit
 
     def _executor(self, name: str):
-        import submitit
+        import submitit  # optional at import time: only jobs on a cluster need it
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # The cluster is always explicit: AutoExecutor would choose SLURM wherever srun is installed.
@@ -574,7 +574,7 @@ def _cancel(name: str, jobs: list) -> None:
 def _clean_env():
     """``submitit.helpers.clean_env()`` (drops ``SLURM_*``/``SUBMITIT_*`` of an enclosing job), keeping
     ``SLURM_CONF``: it says which cluster to talk to, not which job we are in."""
-    import submitit
+    import submitit  # optional at import time: only jobs on a cluster need it
 
     conf = os.environ.get("SLURM_CONF")
     with submitit.helpers.clean_env():
@@ -655,7 +655,7 @@ class _ResumableShard(_Shard):
     """A shard whose work resumes from disk: requeued as is after a preemption or time-out."""
 
     def checkpoint(self, *args, **kwargs):
-        import submitit
+        import submitit  # optional at import time: only jobs on a cluster need it
 
         return submitit.helpers.DelayedSubmission(self)
 

@@ -36,6 +36,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from adasched import __version__
 from adasched.errors import DownloadError
 from adasched.io import atomic_path, exclusive_lock, sha256_file
 
@@ -138,8 +139,6 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 def _http_attempt(url: str, part: Path, timeout: float) -> None:
     """One HTTP(S) request: resume ``part`` with ``Range`` if it has bytes, else start over."""
-    from adasched import __version__
-
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"adasched/{__version__}", "Accept-Encoding": "identity"}
     if offset:
@@ -245,7 +244,7 @@ def _download_hf(url: str, part: Path) -> None:
         raise DownloadError(f"malformed Hugging Face URL {url}; expected "
                             f"hf://[datasets/]OWNER/REPO[@REVISION]/PATH")
     try:
-        import huggingface_hub
+        import huggingface_hub  # optional: only hf:// URLs need it
     except ImportError:
         raise DownloadError(f"fetching {url} needs the optional package huggingface_hub "
                             f"(pip install huggingface_hub)") from None

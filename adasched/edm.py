@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import logging
 import os
 import pickle
@@ -163,8 +164,6 @@ def persistent_class(orig_class: type) -> type:
 def _module_src(cls: type) -> str:
     src = _src_by_module.get(cls.__module__)
     if src is None:
-        import inspect
-
         src = inspect.getsource(sys.modules[cls.__module__])
     return src
 

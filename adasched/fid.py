@@ -64,11 +64,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from adasched.classifier import DigitsClassifier, digits_split, load_classifier, train_digits_classifier
+from adasched.data import digits
+from adasched.download import fetch
 from adasched.errors import AdaschedError, DataError, DownloadError
-from adasched.io import npz_header
+from adasched.io import npz_header, save_npz, sha256_file
 from adasched.limits import array_bytes, check_memory
 from adasched.metrics import FID_NAME, INCEPTION_EXTRACTOR, ImageMetric, frechet_distance, gaussian_stats
 from adasched.progress import Progress, report
+from adasched.registry import get_fid_ref, get_model
 
 __all__ = [
     "FID_PROTOCOLS", "FID_NUM_IMAGES", "EDM_SEED_RANGES", "INCEPTION_URL", "INCEPTION_FILENAME",
@@ -144,8 +148,6 @@ def ensure_resource(resource: Resource, resources: str | os.PathLike, *, downloa
     DownloadError
         A present file does not match its pinned or recorded hash.
     """
-    from adasched.download import fetch
-
     path = Path(resources) / resource.filename
     how = (f"download {resource.url} and put it at {path} (its sha256 is then recorded in "
            f"{_lock(resources, lockfile)})")
@@ -207,12 +209,10 @@ def inception_extractor(protocol: str, resources: str | os.PathLike, *, device=N
     ``legacy_tensorflow`` resizes inside the network, ``clean`` outside (the mapping of clean-fid's
     ``build_feature_extractor``); no ``DataParallel`` wrapper.
     """
-    from cleanfid.inception_torchscript import InceptionV3W
+    from cleanfid.inception_torchscript import InceptionV3W  # heavy: clean-fid loads only where FID is computed
 
     _check_protocol(protocol)
     path = ensure_resource(inception_resource(), resources, download=download, lockfile=lockfile)
-    from adasched.io import sha256_file
-
     digest = sha256_file(path)
     with warnings.catch_warnings():
         # torch 2.11+ deprecates TorchScript loading (a FutureWarning or DeprecationWarning): known, see
@@ -259,7 +259,7 @@ def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100
     noise clean-fid draws for a generator is drawn under a forked RNG, leaving the global state untouched.
     ``progress(task, images done, N)`` (:mod:`adasched.progress`) follows the batches.
     """
-    from cleanfid import fid as cfid
+    from cleanfid import fid as cfid  # heavy: clean-fid loads only where FID is computed
 
     shape = np.shape(images)
     check_image_shape(shape, extractor.input_shape, extractor.name)
@@ -294,7 +294,7 @@ def image_features(images, extractor: FeatureExtractor, *, batch_size: int = 100
 def folder_features(fdir: str | os.PathLike, extractor: FeatureExtractor, *, batch_size: int = 100, device=None,
                     num_workers: int = 2, num: int | None = None) -> np.ndarray:
     """Features of the images in a folder or ``.zip`` (PNG, JPEG, ...; ``cleanfid.fid.get_folder_features``)."""
-    from cleanfid import fid as cfid
+    from cleanfid import fid as cfid  # heavy: clean-fid loads only where FID is computed
 
     if not Path(fdir).exists():
         raise DataError(f"image folder not found: {fdir}")
@@ -311,8 +311,6 @@ def feature_stats(images, extractor: FeatureExtractor, **kwargs) -> tuple[np.nda
 
 def save_stats(path: str | os.PathLike, mu, sigma) -> None:
     """Write reference statistics as an ``.npz`` with ``mu`` and ``sigma`` (EDM's and clean-fid's format)."""
-    from adasched.io import save_npz
-
     save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
 
 
@@ -322,8 +320,6 @@ def save_stats(path: str | os.PathLike, mu, sigma) -> None:
 
 def reference_resource(spec: str, protocol: str) -> Resource | None:
     """The downloadable resource named by a reference SPEC, or ``None`` for a local ``.npz`` path."""
-    from adasched.registry import get_fid_ref
-
     _check_protocol(protocol)
     kind, _, arg = spec.partition(":")
     if kind == "edm" and arg:
@@ -360,8 +356,6 @@ def _load_npz_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_reference(spec: str, protocol: str, resources: str | os.PathLike, *, download: bool = True,
                    lockfile: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(mu, sigma, info)`` of a reference SPEC; ``info`` (name, path, url, sha256) goes into the metrics file."""
-    from adasched.io import sha256_file
-
     resource = reference_resource(spec, protocol)
     if resource is None:
         path = Path(spec)
@@ -470,8 +464,6 @@ def _identity(x: np.ndarray) -> np.ndarray:
 
 
 def _digits_split(model):
-    from adasched.classifier import digits_split
-
     info = getattr(model, "info", {})
     return digits_split(info.get("test_fraction", 0.2), info.get("split_seed", 0))
 
@@ -479,8 +471,6 @@ def _digits_split(model):
 def digits_reference(extractor: FeatureExtractor, model, *, batch_size: int = 256,
                      device=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Statistics of the real digits the classifier was trained on (its training split), and their record."""
-    from adasched.data import digits
-
     train, _ = _digits_split(model)
     images = to_uint8(digits()[train])
     mu, sigma = feature_stats(images, extractor, batch_size=batch_size, device=device)
@@ -492,8 +482,6 @@ def digits_reference(extractor: FeatureExtractor, model, *, batch_size: int = 25
 
 
 def _load_classifier(classifier, device):
-    from adasched.classifier import DigitsClassifier, load_classifier, train_digits_classifier
-
     if isinstance(classifier, DigitsClassifier):
         return classifier
     if classifier is None:
@@ -560,8 +548,6 @@ def load_runs(paths: Sequence, *, num_images: int | None = None, seed_ranges: in
 
 def _infer_reference(paths, protocol: str) -> str:
     """The FID reference of the model that made the samples (``edm:`` models), from the file's provenance."""
-    from adasched.registry import get_model
-
     try:
         with np.load(paths[0]) as f:
             prov = json.loads(str(f["provenance"])) if "provenance" in f.files else {}

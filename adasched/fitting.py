@@ -27,7 +27,7 @@ import torch
 from adasched.errors import AdaschedError, ScheduleError
 from adasched.progress import Progress, report
 from adasched.samplers import PerSampleGenerator, get_solver, latents, with_drawn_labels
-from adasched.schedules import sigmas_edm, validate_sigmas
+from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear, validate_sigmas
 
 __all__ = ["OPTIMIZERS", "REFERENCE_FLOOR", "candidate_schedules", "fit_schedule", "hessian", "oracle_schedule",
            "reference_solution", "solver_aware_schedule"]
@@ -261,8 +261,6 @@ def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[
     ``sigma_min`` and, where larger, at 0.02 and 0.2: where a solver should stop before its final jump to
     0 depends on the solver and the NFE.
     """
-    from adasched.schedules import sigmas_kl_optimal, sigmas_loglinear
-
     out = []
     for stop in sorted({sigma_min, max(sigma_min, 0.02), max(sigma_min, 0.2)}):
         if not stop < sigma_max:

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from adasched import __version__
 from adasched.errors import AdaschedError, Interrupted
 
 __all__ = ["atomic_path", "check_output", "exclusive_lock", "write_json", "read_json", "save_npz", "npz_header",
@@ -302,9 +303,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def provenance(**extra: Any) -> dict:
     """What produced an output: package versions and platform, plus ``extra`` (config slice, hashes)."""
+    # heavy (seconds to import): the base floor loads torch only where its version is recorded
     import torch
-
-    from adasched import __version__
 
     out = {
         "adasched": __version__,

@@ -9,12 +9,13 @@ solution from the same latents, the quantity schedule-optimisation papers report
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from adasched.errors import DataError, ModelError
-from adasched.io import npz_header
+from adasched.errors import AdaschedError, DataError, ModelError
+from adasched.io import npz_header, write_json
 from adasched.limits import array_bytes, check_memory
 
 __all__ = ["frechet_distance", "gaussian_stats", "rmse", "ode_error", "sliced_wasserstein", "load_samples",
@@ -179,12 +180,7 @@ __all__ += ["aggregate_seed_ranges", "ImageMetric", "MetricsRecord", "MetricsRec
             "METRICS_FORMAT", "is_image_metric"]
 
 
-from dataclasses import dataclass, field  # noqa: E402
-
-from adasched.errors import AdaschedError as _AdaschedError  # noqa: E402  (a leaf module: no import cycle)
-
-
-class MetricsRecordError(_AdaschedError, ValueError):
+class MetricsRecordError(AdaschedError, ValueError):
     """A metrics record lacks a provenance field, or names a metric it may not (e.g. "fid" for non-Inception)."""
 
 
@@ -361,8 +357,6 @@ class MetricsRecord:
 
     def write(self, path) -> None:
         """Validate, then write the JSON atomically (nothing is written when a field is missing)."""
-        from adasched.io import write_json
-
         write_json(path, self.to_json())
 
     @classmethod

@@ -23,6 +23,7 @@ Every loader returns a denoiser in the project's protocol (:mod:`adasched.denois
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from typing import Callable
 
@@ -30,6 +31,7 @@ import torch
 
 from adasched.errors import ModelError
 from adasched.io import read_json
+from adasched.targets import GaussianMixture, PowerLawGaussian
 
 __all__ = ["LOADERS", "load_model", "register", "content_hash"]
 
@@ -52,28 +54,22 @@ def register(kind: str):
 
 @register("gmm")
 def _load_gmm(path: str, **_):
-    from adasched.targets import GaussianMixture
-
     return GaussianMixture.from_json(read_json(path, "mixture file"), source=path)
 
 
 @register("powerlaw")
 def _load_powerlaw(path: str, **_):
-    from adasched.targets import PowerLawGaussian
-
     return PowerLawGaussian.from_json(read_json(path, "power-law Gaussian file"), source=path)
 
 
 def load_model(spec: str, **options):
     """Load the denoiser named by ``spec`` (``KIND:ARGUMENT``)."""
-    import importlib
-
     kind, sep, arg = spec.partition(":")
     kinds = ", ".join(sorted(set(LOADERS) | set(PLUGINS)))
     if not sep or not arg:
         raise ModelError(f"model SPEC must look like KIND:ARGUMENT, got {spec!r}; kinds: {kinds}")
     if kind not in LOADERS and kind in PLUGINS:
-        importlib.import_module(PLUGINS[kind])
+        importlib.import_module(PLUGINS[kind])  # plugin loading: the module registers its loader when imported
     if kind not in LOADERS:
         raise ModelError(f"unknown model kind {kind!r} in {spec!r}; kinds: {kinds}")
     return LOADERS[kind](arg, **options)

@@ -41,11 +41,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from adasched.errors import DataError, ModelError, ScheduleError
-from adasched.optimize import blend, cumulative_length, update_schedule
+from adasched.optimize import as_levels, blend, cumulative_length, refine_levels, update_schedule
 from adasched.probe import WEIGHTINGS
 from adasched.schedules import validate_sigmas
 
@@ -54,45 +53,6 @@ __all__ = ["OnlineScheduleLearner", "refine_levels"]
 log = logging.getLogger(__name__)
 
 _BLEND_SPACES = ("log", "linear")
-
-
-def _as_levels(sigmas: Any) -> torch.Tensor:
-    """Increasing float64 levels from increasing positive levels or a sampler schedule (decreasing, final 0)."""
-    try:
-        s = torch.as_tensor(np.asarray(sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas,
-                                       dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ScheduleError("initial sigmas must be a list of numbers") from None
-    if s.ndim == 1 and s.numel() >= 2 and s[-1] == 0:  # a sampler schedule: sigma_max ... sigma_min, 0
-        s = validate_sigmas(s)[:-1].flip(0)
-    if s.ndim != 1 or s.numel() < 2:
-        raise ScheduleError(f"need at least 2 noise levels (T >= 1 intervals) in a 1-D list, "
-                            f"got shape {tuple(s.shape)}")
-    if not torch.isfinite(s).all() or (s <= 0).any():
-        raise ScheduleError("noise levels must be finite and positive (a sampler schedule may end in one 0)")
-    if not (s[1:] > s[:-1]).all():
-        i = int(torch.nonzero(s[1:] <= s[:-1])[0])
-        raise ScheduleError(
-            f"noise levels must be strictly increasing (sigma_min .. sigma_max) or a sampler schedule "
-            f"(strictly decreasing, ending in 0), but levels[{i}]={s[i].item():g} >= "
-            f"levels[{i + 1}]={s[i + 1].item():g}")
-    return s.clone()
-
-
-def refine_levels(sigmas: Any, substeps: int) -> torch.Tensor:
-    """Split each interval of increasing ``sigmas`` into ``substeps`` intervals uniform in ``log sigma``.
-
-    Returns ``T * substeps + 1`` increasing float64 levels that contain the original ones exactly
-    (``out[i * substeps] == sigmas[i]``).  ``substeps = 1`` returns a copy of ``sigmas``.
-    """
-    s = _as_levels(sigmas)
-    if not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1:
-        raise ScheduleError(f"substeps must be a positive integer, got {substeps!r}")
-    u = torch.log(s)
-    r = torch.arange(substeps + 1, dtype=torch.float64) / substeps
-    sub = torch.exp(u[:-1, None] + r[None] * (u[1:] - u[:-1])[:, None])  # [T, substeps + 1]
-    sub[:, 0], sub[:, -1] = s[:-1], s[1:]
-    return torch.cat([sub[:, :-1].reshape(-1), s[-1:]])
 
 
 class OnlineScheduleLearner:
@@ -123,7 +83,7 @@ class OnlineScheduleLearner:
 
     def __init__(self, sigmas: Any, *, gamma: float = 0.05, n_min: int = 24, weighting: str = "lower",
                  substeps: int = 1, space: str = "log"):
-        self._sigmas = _as_levels(sigmas)
+        self._sigmas = as_levels(sigmas)
         if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0 < gamma <= 1):
             raise ScheduleError(f"gamma must be a number in (0, 1], got {gamma!r}")
         if not isinstance(n_min, int) or isinstance(n_min, bool) or n_min < 1:
@@ -338,7 +298,7 @@ class OnlineScheduleLearner:
         missing = [k for k in ("sigmas", "sums", "counts", "updates", "weighting", "substeps") if k not in state]
         if missing:
             raise ScheduleError(f"learner state lacks key(s) {', '.join(missing)}")
-        sigmas = _as_levels(state["sigmas"])
+        sigmas = as_levels(state["sigmas"])
         if sigmas.numel() != self.T + 1:
             raise ScheduleError(f"learner state has {sigmas.numel()} levels, this learner {self.T + 1}")
         for key in ("weighting", "substeps"):

@@ -35,7 +35,10 @@ import numpy as np
 import torch
 
 from adasched.errors import ScheduleError
+from adasched.io import provenance, sha256_file
 from adasched.limits import MAX_STEPS, check_size
+from adasched.probe import as_grid, probe, probe_grid, read_probes
+from adasched.samplers import nfe_for_steps, steps_for_nfe
 from adasched.schedules import Schedule, validate_sigmas
 
 __all__ = [
@@ -50,6 +53,8 @@ __all__ = [
     "score_optimal_schedule",
     "COST_FLOOR",
     "refine_schedule",
+    "refine_levels",
+    "as_levels",
     "Refinement",
 ]
 
@@ -57,25 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Relative floor on each interval cost, so that ``Lambda_hat`` is strictly increasing (paper.md §5.4).
 COST_FLOOR = 1e-12
-
-
-def _as_grid(probe_sigmas: Any) -> np.ndarray:
-    """Check a probe grid: 1-D, at least 2 points, finite, positive, strictly increasing."""
-    try:
-        s = np.asarray(probe_sigmas.cpu() if isinstance(probe_sigmas, torch.Tensor) else probe_sigmas,
-                       dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ScheduleError("probe sigmas must be a list of numbers") from None
-    if s.ndim != 1 or s.size < 2:
-        raise ScheduleError(f"probe sigmas must be a 1-D list of at least 2 values, got shape {s.shape}")
-    if not np.isfinite(s).all() or (s <= 0).any():
-        raise ScheduleError("probe sigmas must be finite and positive (the final 0 is not a probe point)")
-    if not (np.diff(s) > 0).all():
-        i = int(np.nonzero(np.diff(s) <= 0)[0][0])
-        raise ScheduleError(
-            f"probe sigmas must be strictly increasing (low to high noise), but sigmas[{i}]={s[i]:g} "
-            f">= sigmas[{i + 1}]={s[i + 1]:g}")
-    return s
 
 
 def _as_costs(costs: Any, intervals: int | None = None, what: str = "costs") -> np.ndarray:
@@ -114,6 +100,7 @@ def cumulative_length(costs: Any, floor: float = COST_FLOOR) -> np.ndarray:
 
 def _inverse(probe_sigmas: np.ndarray, costs: np.ndarray, floor: float):
     """``(Lambda_hat at the probe points, PCHIP Lambda -> log sigma)``, with the zero-cost guard."""
+    # heavy: scipy.interpolate would slow every start; loaded at the first read-out
     from scipy.interpolate import PchipInterpolator
 
     if costs.max() == 0:
@@ -152,7 +139,7 @@ def update_schedule(probe_sigmas: Any, costs: Any, T: int | None = None, *, floo
     logged and all intervals are treated as equally costly, which returns the probe grid itself for
     ``T = K`` and a shape-preserving resampling of it otherwise (log-linear for a log-spaced probe grid).
     """
-    s = _as_grid(probe_sigmas)
+    s = as_grid(probe_sigmas)
     c = _as_costs(costs, s.size - 1)
     T = s.size - 1 if T is None else T
     if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
@@ -174,6 +161,7 @@ def update_schedule(probe_sigmas: Any, costs: Any, T: int | None = None, *, floo
 
 def _lambda_at(lam: np.ndarray, inv, s: np.ndarray, sigma: float) -> float:
     """``Lambda_hat(sigma)`` consistent with the interpolant: solve ``inv(Lambda) = log sigma``."""
+    # heavy: scipy.optimize would slow every start; loaded at the first read-out
     from scipy.optimize import brentq
 
     if sigma == s[0]:
@@ -201,7 +189,7 @@ def score_optimal_sigmas(probe_sigmas: Any, costs: Any, steps: int, *, floor: fl
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ScheduleError(f"number of steps must be a positive integer, got {steps!r}")
     if steps == 1:
-        s = _as_grid(probe_sigmas)
+        s = as_grid(probe_sigmas)
         _as_costs(costs, s.size - 1)
         hi = _range(s, sigma_min, sigma_max)[1]
         return validate_sigmas([hi, 0.0])
@@ -298,7 +286,7 @@ def schedule_uncertainty(probe_sigmas: Any, costs: Any, stderr: Any, steps: int,
     Algorithm 1; the per-point standard deviations over ``n_boot`` replicates are returned together with the
     point estimate.  ``stderr`` is the standard error of each cost estimate (``ProbeResult.stderr``).
     """
-    s = _as_grid(probe_sigmas)
+    s = as_grid(probe_sigmas)
     c = _as_costs(costs, s.size - 1)
     se = _as_costs(stderr, s.size - 1, "standard errors")
     if not isinstance(n_boot, int) or n_boot < 2:
@@ -324,8 +312,6 @@ def score_optimal_from_probes(path: str | os.PathLike, steps: int, *, sigma_min:
     Uses the mean corrector cost per interval (paper.md §3.2) and :func:`score_optimal_sigmas`; the range
     defaults to the probed one.
     """
-    from adasched.probe import read_probes
-
     pr = read_probes(path)
     return score_optimal_sigmas(pr.sigmas, pr.mean, steps, floor=floor, sigma_min=sigma_min, sigma_max=sigma_max)
 
@@ -342,10 +328,6 @@ def score_optimal_schedule(path: str | os.PathLike, solver: str, *, nfe: int | N
     bootstrap standard deviation of every sigma (:func:`schedule_uncertainty`; omitted with fewer than
     2 samples per interval); ``provenance`` adds the package versions and the probe file's provenance.
     """
-    from adasched.io import provenance, sha256_file
-    from adasched.probe import read_probes
-    from adasched.samplers import nfe_for_steps, steps_for_nfe
-
     if (nfe is None) == (steps is None):
         raise ScheduleError("give exactly one of nfe or steps")
     opts = dict(solver_options or {})
@@ -380,6 +362,45 @@ def score_optimal_schedule(path: str | os.PathLike, solver: str, *, nfe: int | N
                     provenance=provenance(probes_provenance=pr.provenance))
 
 
+def as_levels(sigmas: Any) -> torch.Tensor:
+    """Increasing float64 levels from increasing positive levels or a sampler schedule (decreasing, final 0)."""
+    try:
+        s = torch.as_tensor(np.asarray(sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas,
+                                       dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ScheduleError("initial sigmas must be a list of numbers") from None
+    if s.ndim == 1 and s.numel() >= 2 and s[-1] == 0:  # a sampler schedule: sigma_max ... sigma_min, 0
+        s = validate_sigmas(s)[:-1].flip(0)
+    if s.ndim != 1 or s.numel() < 2:
+        raise ScheduleError(f"need at least 2 noise levels (T >= 1 intervals) in a 1-D list, "
+                            f"got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all() or (s <= 0).any():
+        raise ScheduleError("noise levels must be finite and positive (a sampler schedule may end in one 0)")
+    if not (s[1:] > s[:-1]).all():
+        i = int(torch.nonzero(s[1:] <= s[:-1])[0])
+        raise ScheduleError(
+            f"noise levels must be strictly increasing (sigma_min .. sigma_max) or a sampler schedule "
+            f"(strictly decreasing, ending in 0), but levels[{i}]={s[i].item():g} >= "
+            f"levels[{i + 1}]={s[i + 1].item():g}")
+    return s.clone()
+
+
+def refine_levels(sigmas: Any, substeps: int) -> torch.Tensor:
+    """Split each interval of increasing ``sigmas`` into ``substeps`` intervals uniform in ``log sigma``.
+
+    Returns ``T * substeps + 1`` increasing float64 levels that contain the original ones exactly
+    (``out[i * substeps] == sigmas[i]``).  ``substeps = 1`` returns a copy of ``sigmas``.
+    """
+    s = as_levels(sigmas)
+    if not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1:
+        raise ScheduleError(f"substeps must be a positive integer, got {substeps!r}")
+    u = torch.log(s)
+    r = torch.arange(substeps + 1, dtype=torch.float64) / substeps
+    sub = torch.exp(u[:-1, None] + r[None] * (u[1:] - u[:-1])[:, None])  # [T, substeps + 1]
+    sub[:, 0], sub[:, -1] = s[:-1], s[1:]
+    return torch.cat([sub[:, :-1].reshape(-1), s[-1:]])
+
+
 @dataclass(frozen=True)
 class Refinement:
     """Result of :func:`refine_schedule`: the final schedule and, per round, the probe file and movement."""
@@ -401,9 +422,6 @@ def refine_schedule(denoise, data_sampler, steps: int, workdir: str | os.PathLik
     (``converged``) or after ``max_rounds`` rounds.  Probe files are ``workdir/round<r>.h5``; more samples
     on the same grid are added by running again (see :func:`adasched.probe.probe`).
     """
-    from adasched.online import refine_levels
-    from adasched.probe import probe, probe_grid
-
     workdir = Path(workdir)
     grid = probe_grid(intervals, sigma_min, sigma_max)
     current, rounds = None, []

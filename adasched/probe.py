@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import h5py
 import numpy as np
 import torch
 
@@ -61,6 +62,7 @@ __all__ = [
     "check_model",
     "ProbeResult",
     "probe_grid",
+    "as_grid",
     "corrector_costs",
     "predictor_costs",
     "COSTS",
@@ -189,6 +191,25 @@ def dataset_sampler(data: Any, description: str | None = None) -> DatasetSampler
 
 
 # ------------------------------------------------------------------------------------------ the estimator
+
+
+def as_grid(probe_sigmas: Any) -> np.ndarray:
+    """Check a probe grid: 1-D, at least 2 points, finite, positive, strictly increasing."""
+    try:
+        s = np.asarray(probe_sigmas.cpu() if isinstance(probe_sigmas, torch.Tensor) else probe_sigmas,
+                       dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ScheduleError("probe sigmas must be a list of numbers") from None
+    if s.ndim != 1 or s.size < 2:
+        raise ScheduleError(f"probe sigmas must be a 1-D list of at least 2 values, got shape {s.shape}")
+    if not np.isfinite(s).all() or (s <= 0).any():
+        raise ScheduleError("probe sigmas must be finite and positive (the final 0 is not a probe point)")
+    if not (np.diff(s) > 0).all():
+        i = int(np.nonzero(np.diff(s) <= 0)[0][0])
+        raise ScheduleError(
+            f"probe sigmas must be strictly increasing (low to high noise), but sigmas[{i}]={s[i]:g} "
+            f">= sigmas[{i + 1}]={s[i + 1]:g}")
+    return s
 
 
 def probe_grid(intervals: int, sigma_min: float = 0.002, sigma_max: float = 80.0, spacing: str = "log",
@@ -395,8 +416,6 @@ def _fail_read(path: Path, why: str) -> DataError:
 
 def read_probes(path: str | os.PathLike) -> ProbeResult:
     """Read a probe file written by :func:`probe` (locking off); a missing or foreign file is a DataError."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"probe file not found: {path}")
@@ -442,8 +461,6 @@ def _write(path: Path, st: ProbeResult) -> None:
     :func:`~adasched.io.atomic_path` turns into one line, where HDF5 writing the file itself would leave
     an unclosable file behind and the interpreter segfaulting at exit.
     """
-    import h5py
-
     image = io.BytesIO()
     with h5py.File(image, "w") as f:
         f.attrs["format"] = FORMAT
@@ -634,9 +651,7 @@ def probe(denoise: Callable, data_sampler: Callable, probe_sigmas: Any, num_samp
 
     sigmas = None
     if probe_sigmas is not None:
-        from adasched.optimize import _as_grid
-
-        sigmas = _as_grid(probe_sigmas)
+        sigmas = as_grid(probe_sigmas)
 
     check_output(path)
     with exclusive_lock(path.with_name(path.name + ".lock")):  # from reading the file to its last write

@@ -25,6 +25,15 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+
+from adasched import __version__
+from adasched.errors import AdaschedError
+from adasched.io import atomic_path
+from adasched.models import load_model
+from adasched.optimize import cumulative_length
+from adasched.probe import read_probes
+from adasched.schedules import Schedule
 
 __all__ = ["plot_quality", "plot_schedules", "plot_lambda", "plot_samples", "write_report", "pivot",
            "METRIC_LABELS"]
@@ -45,10 +54,11 @@ _STYLE = {"edm": ("C0", "o"), "loglinear": ("C1", "s"), "kl-optimal": ("C2", "^"
 
 
 def _pyplot():
+    # heavy and only for figures: matplotlib loads when the first figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use, see above
 
     return plt
 
@@ -59,8 +69,6 @@ def _style(method: str) -> dict:
 
 
 def _save(fig, path: str | os.PathLike) -> None:
-    from adasched.io import atomic_path
-
     plt = _pyplot()
     with atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -82,8 +90,6 @@ def plot_quality(rows: Sequence[dict], output: str | os.PathLike, *, title: str 
     One panel per metric (rows) and solver (columns), one line per schedule method; log y where every value is
     positive.
     """
-    from adasched.errors import AdaschedError
-
     if not rows:
         raise AdaschedError(f"no metrics to plot for {output}")
     plt = _pyplot()
@@ -123,8 +129,6 @@ def plot_quality(rows: Sequence[dict], output: str | os.PathLike, *, title: str 
 
 def plot_schedules(paths: Iterable[str | os.PathLike], output: str | os.PathLike, *, title: str = "") -> None:
     """Sigma against step index (log y; the final 0 left out) of schedule JSON files, a panel per solver."""
-    from adasched.schedules import Schedule
-
     plt = _pyplot()
     scheds = [Schedule.load(p) for p in paths]
     solvers = _ordered(s.solver for s in scheds)
@@ -151,9 +155,6 @@ def plot_schedules(paths: Iterable[str | os.PathLike], output: str | os.PathLike
 
 def plot_lambda(paths: Iterable[str | os.PathLike], output: str | os.PathLike, *, title: str = "") -> None:
     """``Lambda(sigma) / Lambda`` of probe files (left) and the cost density ``sqrt(L_i) / dlog sigma`` (right)."""
-    from adasched.optimize import cumulative_length
-    from adasched.probe import read_probes
-
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), constrained_layout=True)
     for path in paths:
@@ -214,10 +215,6 @@ def plot_samples(paths: Iterable[str | os.PathLike], output: str | os.PathLike, 
     lo, hi = np.percentile(np.concatenate([x.ravel() for x in images]), [0.5, 99.5]) if images else (-1, 1)
     truth = None
     if model and loaded and loaded[0][1].ndim == 2:
-        import torch
-
-        from adasched.models import load_model
-
         n = min(len(loaded[0][1]), max_points)
         truth = load_model(model).sample(n, generator=torch.Generator().manual_seed(0x5EED)).numpy()
     k = len(loaded)
@@ -349,8 +346,6 @@ def write_report(output: str | os.PathLike, *, summary: str | os.PathLike, plots
     solvers with their NFE) and ``num_samples``.  A figure is matched to its model by its name
     ``<model>-<figure>.png``.
     """
-    from adasched import __version__
-    from adasched.io import atomic_path
     e = html.escape
     out_dir = Path(output).parent
     rows = read_summary(summary)

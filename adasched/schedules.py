@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from adasched.denoisers import VPLinearBeta
 from adasched.errors import ScheduleError
 from adasched.io import read_json, write_json
 from adasched.limits import MAX_STEPS, check_size
@@ -240,8 +241,6 @@ def sigmas_kl_optimal(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
 def sigmas_time_uniform(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
                         beta_min: float = 0.1, beta_d: float = 19.9) -> torch.Tensor:
     """Uniform in the time of the linear-beta VP process (Song et al. 2021), mapped to sigma, plus 0."""
-    from adasched.denoisers import VPLinearBeta
-
     _check_range(n, sigma_min, sigma_max)
     vp = VPLinearBeta(beta_min, beta_d)
     lo, hi = vp.t(torch.tensor(sigma_min, dtype=torch.float64)), vp.t(torch.tensor(sigma_max, dtype=torch.float64))
@@ -264,6 +263,7 @@ def resample(sigmas: Any, n: int) -> torch.Tensor:
     interpolated in log sigma with a monotone cubic (PCHIP, Fritsch & Carlson 1980); ``n + 1`` values
     ending in 0 are returned.  Resampling to the original step count returns the input.
     """
+    # heavy: scipy.interpolate would slow every start; only resampling needs it
     from scipy.interpolate import PchipInterpolator
 
     _check_steps(n)

@@ -156,6 +156,7 @@ class GaussianMixture:
         if self.weights.numel() == 1:
             mu, v = self.means[0].to(x), self.variances[0].to(x)
             return mu + (x - mu) * torch.sqrt((v + sigma_to**2) / (v + sigma_from**2))
+        # heavy: scipy.integrate would slow every start; only the mixture's ODE needs it
         from scipy.integrate import solve_ivp
 
         # Below ``end`` the remaining move is ~ sigma^2 / v per component with variance v >= atol, and at

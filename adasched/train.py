@@ -29,7 +29,9 @@ returns a denoiser in the project's protocol with ``shape``, ``sigma_min``, ``si
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -41,9 +43,19 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 
+from adasched.data import digits
+from adasched.edm import EDMDenoiser
 from adasched.errors import AdaschedError, DataError, ModelError
+from adasched.io import atomic_path, provenance, sha256_file
+from adasched.models import register
+from adasched.networks import PRESETS, build, count_parameters
+from adasched.online import OnlineScheduleLearner
 from adasched.progress import Progress
+from adasched.samplers import generate, nfe_for_steps
+from adasched.schedules import Schedule, resample, sigmas_edm, sigmas_loglinear, validate_sigmas
 
 __all__ = ["TrainConfig", "train", "load_trained", "TrainedDenoiser", "edm_loss", "edm_weight",
            "gaussian_baseline_loss", "evaluate_loss", "sample_model", "save_grid", "learned_schedule",
@@ -94,8 +106,6 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`AdaschedError` naming the first bad setting."""
-        from adasched.networks import PRESETS
-
         if self.preset not in PRESETS:
             raise ModelError(f"unknown network preset {self.preset!r}; valid: {', '.join(PRESETS)}")
         if self.data not in DATA_CHOICES:
@@ -199,11 +209,7 @@ def training_data(name: str) -> tuple[torch.Tensor, dict]:
     """Training images ``[N, C, H, W]`` float32 and a description of them (saved with the model)."""
     if name != "digits":
         raise DataError(f"unknown training data {name!r}; valid: {', '.join(DATA_CHOICES)}")
-    import sklearn
-
-    from adasched.data import digits
-
-    import hashlib
+    import sklearn  # heavy (seconds to import); only its version is recorded here
 
     x = digits().to(torch.float32)
     return x, {"name": "digits", "sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest(), "source": "sklearn.datasets.load_digits (bundled, no download)",
@@ -221,10 +227,6 @@ def _flat_state(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]
 
 def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write a safetensors file with ``meta`` as JSON in its header, atomically (temp file, then rename)."""
-    from safetensors.torch import save_file
-
-    from adasched.io import atomic_path
-
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"adasched": json.dumps(meta)})
 
@@ -232,9 +234,6 @@ def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict
 def _read(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors (none with ``tensors=False``: the header alone) and header metadata of a file written by
     :func:`_write` (safetensors: no code runs)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     path = str(path)
     try:
         with safe_open(path, framework="pt") as f:
@@ -265,8 +264,6 @@ def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 def _build(config: TrainConfig):
-    from adasched.networks import build
-
     return build(config.preset, **config.net_options)
 
 
@@ -291,9 +288,6 @@ def _lr(config: TrainConfig, step: int) -> float:
 
 
 def _learner(config: TrainConfig):
-    from adasched.online import OnlineScheduleLearner
-    from adasched.schedules import sigmas_loglinear
-
     init = sigmas_loglinear(config.online_levels + 1, config.online_sigma_min, config.online_sigma_max)
     return OnlineScheduleLearner(init, gamma=config.online_gamma, n_min=config.online_n_min,
                                  substeps=config.online_substeps)
@@ -336,9 +330,6 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 def _meta(config, data_desc, step, losses, learner, net, elapsed, *, checkpoint: bool) -> dict:
-    from adasched.io import provenance
-    from adasched.networks import PRESETS, count_parameters
-
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "kind": "checkpoint" if checkpoint else "model",
@@ -377,8 +368,6 @@ def train(config: TrainConfig, output: str | os.PathLike | None = None, *, devic
 
 
 def _train(config, output, device, checkpoint, checkpoint_every, progress) -> "TrainedDenoiser":
-    import copy
-
     x_data, data_desc = training_data(config.data)
     x_data = x_data.to(device)
     net = _build(config).to(device)
@@ -490,13 +479,7 @@ def _resume(path, config, net, ema, opt, gen, learner) -> tuple[int, list, float
 # Loading: the ``adasched:`` model SPEC
 
 
-def _edm_denoiser_base():
-    from adasched.edm import EDMDenoiser
-
-    return EDMDenoiser
-
-
-class TrainedDenoiser(_edm_denoiser_base()):
+class TrainedDenoiser(EDMDenoiser):
     """A network trained by :func:`train` as a denoiser ``D(x, sigma)`` (float64 in, float64 out).
 
     Like :class:`adasched.edm.EDMDenoiser` (the network is frozen and in eval mode; no ``no_grad`` is applied),
@@ -513,8 +496,6 @@ class TrainedDenoiser(_edm_denoiser_base()):
         ls = self.meta.get("learned_schedule")
         if not ls:
             return None
-        from adasched.schedules import validate_sigmas
-
         return validate_sigmas(ls["sigmas"])
 
     def __repr__(self) -> str:
@@ -527,8 +508,6 @@ def load_trained(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     The file is read as safetensors (no pickle, no code runs); the network is rebuilt from the preset and
     options in its header.
     """
-    from adasched.io import sha256_file
-
     if key not in ("ema", "net"):
         raise ModelError(f"unknown weights {key!r}; valid: ema, net")
     tensors, meta = _read(path)
@@ -550,10 +529,6 @@ def learned_schedule(path: str | os.PathLike, solver: str = "heun", steps: int |
     (Algorithm 2's fixed point), so step index is proportional to Lambda and resampling in the step index is
     Algorithm 1's read-out of the learned Lambda curve at another number of steps.
     """
-    from adasched.io import provenance
-    from adasched.samplers import nfe_for_steps
-    from adasched.schedules import Schedule, resample
-
     _, meta = _read(path, tensors=False)
     ls = meta.get("learned_schedule")
     if not ls:
@@ -568,8 +543,6 @@ def learned_schedule(path: str | os.PathLike, solver: str = "heun", steps: int |
 
 def _register_spec_kind() -> None:
     """Make ``adasched:PATH`` a kind of :func:`adasched.models.load_model`."""
-    from adasched.models import register
-
     @register("adasched")
     def _load_adasched_spec(argument: str, *, device="cpu", key="ema", **_):
         return load_trained(argument, device=device, key=key)
@@ -594,9 +567,6 @@ def sample_model(denoise, num: int, *, steps: int = 18, solver: str = "heun", se
     float32 rounding, whose pattern depends on the batch size and the CPU through the order in which the
     convolution kernels sum (about 1e-5 on the digits net after 4 Heun steps from sigma 80).
     """
-    from adasched.samplers import generate
-    from adasched.schedules import sigmas_edm
-
     if sigmas is None:
         sigmas = sigmas_edm(steps, float(denoise.sigma_min), float(denoise.sigma_max), rho=rho)
     with torch.inference_mode():
@@ -612,9 +582,7 @@ def save_grid(samples: Any, path: str | os.PathLike, *, nrow: int | None = None,
     ``nrow`` images per row (default: about square); each pixel becomes ``scale x scale``; tiles are separated
     by a one-pixel (scaled) gap.
     """
-    import matplotlib.image
-
-    from adasched.io import atomic_path
+    import matplotlib.image  # heavy and only for pictures: loaded when the first grid is saved
 
     x = np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=np.float64)
     if x.ndim == 3:
