@@ -14,12 +14,12 @@ import logging
 import sys
 
 from adasched import progress, stages
-from adasched.errors import AdaschedError
+from adasched.errors import exit_status
 from adasched.samplers import SOLVERS
 from adasched.stages import METHODS, PROBED_METHODS  # noqa: F401  (PROBED_METHODS: re-exported)
 from adasched.train import TrainConfig
 
-__all__ = ["main", "build_parser", "exit_status", "PROBED_METHODS"]
+__all__ = ["main", "build_parser", "PROBED_METHODS"]
 
 EXAMPLES = {
     "train": """examples:
@@ -282,20 +282,6 @@ def stage_options(args: argparse.Namespace) -> dict:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         options["config"] = TrainConfig(**{k: options.pop(k) for k in list(options) if k in fields})
     return options
-
-
-def exit_status(command: str, work) -> int:
-    """Run ``work()`` for ``adasched COMMAND``: 0; or one line on stderr and 1 for an :class:`AdaschedError`,
-    130 for an interruption (no traceback either way)."""
-    try:
-        work()
-    except AdaschedError as e:
-        print(f"adasched {command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"adasched {command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

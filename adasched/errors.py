@@ -1,8 +1,11 @@
 """The project's error hierarchy.
 
 Every error a user can cause is an :class:`AdaschedError`; the CLI turns one into a single line on
-stderr and a non-zero exit.  ``assert`` is kept for internal invariants only.
+stderr and a non-zero exit (:func:`exit_status`).  ``assert`` is kept for internal invariants only.
 """
+
+import sys
+from typing import Callable
 
 
 class AdaschedError(Exception):
@@ -35,3 +38,18 @@ class Interrupted(AdaschedError):
 
 class LimitError(AdaschedError):
     """A requested size is beyond a documented maximum, or needs more memory than the machine has."""
+
+
+def exit_status(command: str, work: Callable[[], object]) -> int:
+    """Run ``work()`` for the command ``adasched COMMAND`` (the CLI, a workflow stage's own process): 0; or one
+    line ``adasched COMMAND: error: ...`` on stderr and 1 for an :class:`AdaschedError`, 130 for an
+    interruption.  No traceback either way: what a user can cause is said in one line."""
+    try:
+        work()
+    except AdaschedError as e:
+        print(f"adasched {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"adasched {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -160,9 +160,10 @@ def refused_in_capped_child(cases: list[tuple[Path, list]]) -> None:
 
 # -------------------------------------------------------------------------------------------- bad numbers
 
-def _is_int(text: str) -> bool:
+def _parses(text: str, kind=int) -> bool:
+    """Whether ``kind(text)`` accepts ``text``."""
     try:
-        int(text)
+        kind(text)
     except ValueError:
         return False
     return True
@@ -172,22 +173,14 @@ def _is_int(text: str) -> bool:
 not_an_int = st.one_of(
     st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e3", "2.5", "0x10", "", "five", "1,000", "--"]),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.text(max_size=12).filter(lambda s: not _is_int(s)),
+    st.text(max_size=12).filter(lambda s: not _parses(s, int)),
 )
 #: Not a positive integer: zero, negatives (as small and as huge as 10**18), or no integer at all.
 not_positive = st.one_of(st.just("0"), st.integers(-10**18, -1).map(str), not_an_int)
 
 
-def _float_ok(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 #: Text that is no float (``float()`` refuses it).
-not_a_float = st.text(max_size=12).filter(lambda s: not _float_ok(s))
+not_a_float = st.text(max_size=12).filter(lambda s: not _parses(s, float))
 
 
 def _argv(command: str, inputs: dict, out: Path) -> list:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from adasched.dispatch import Dispatcher, Resumable
-from adasched.errors import AdaschedError
+from adasched.errors import AdaschedError, exit_status
 from adasched.io import logging_to
 from adasched.progress import Lines
 from adasched.stages import STAGES, bind, merge_samples
@@ -131,12 +131,4 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m adasched.workflow STAGE LOG CONFIG_JSON OPTIONS_JSON", file=sys.stderr)
         return 2
     name, log_path, config, options = argv[0], argv[1], json.loads(argv[2]), json.loads(argv[3])
-    try:
-        run_here(name, log_path, config, **options)
-    except AdaschedError as e:
-        print(f"adasched {name}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"adasched {name}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(name, lambda: run_here(name, log_path, config, **options))
