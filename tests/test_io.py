@@ -98,9 +98,12 @@ except AdaschedError as e:
 
 
 SLOW_WRITE = """
-import sys, time
+import signal, sys, time
 from adasched.errors import Interrupted
 from adasched.io import atomic_path
+# Ctrl-C as in a terminal: a process started in the background by a shell (as CI may start the tests) inherits
+# SIGINT ignored, and atomic_path rightly keeps an ignored signal ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 try:
     with atomic_path({out!r}) as tmp:
         tmp.write_text("half")
