@@ -508,7 +508,10 @@ def test_powerlaw_in_eigenbasis_is_the_rotated_target(pl):
     ({"alpha": -1.0}, "alpha"),
     ({"scale": 0.0}, "scale"),
     ({"shape": [1, 4, 4], "beta": 1.0}, "beta"),
-    ({"alpha": "two"}, "rest numbers"),
+    ({"alpha": "two"}, "'alpha' must be a finite number, got 'two'"),
+    ({"shape": [1, "abc", 2]}, "'shape' must be three positive integers"),
+    ({"shape": "abc"}, "'shape' must be three positive integers"),
+    ({"mean": float("nan")}, "'mean' must be a finite number"),
 ])
 def test_powerlaw_malformed_input(obj, key):
     with pytest.raises(ModelError) as info:
