@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cleanfid:DATASET/RES/SPLIT, or an .npz with mu and sigma "
                                      "(default: the edm: model's own, from the samples' provenance)")
     g.add_argument("--digits-fd", action="store_true",
-                   help="Fréchet distance in the digits classifier's feature space (offline; named digits_fd, not FID)")
+                   help="Fréchet distance in the digits classifier's feature space (offline; named digits_fd, "
+                        "not FID)")
     g.add_argument("--classifier", help="digits classifier .safetensors (default: train one, seed 0)")
     g.add_argument("--num-images", type=_positive_int,
                    help="images per seed range (default 50000 for --fid, fewer is an error; all for --digits-fd)")
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=c.preset, help=f"network preset of adasched.networks (default {c.preset})")
     p.add_argument("--steps", type=_positive_int, default=c.steps, help=f"optimiser steps (default {c.steps})")
     p.add_argument("--batch", type=_positive_int, default=c.batch, help=f"images per step (default {c.batch})")
-    p.add_argument("--seed", type=int, default=c.seed, help=f"seed of initialisation, batches and noise (default {c.seed})")
+    p.add_argument("--seed", type=int, default=c.seed,
+                   help=f"seed of initialisation, batches and noise (default {c.seed})")
     p.add_argument("--lr", type=_float, default=c.lr, help=f"Adam learning rate (default {c.lr:g})")
     p.add_argument("--lr-warmup", type=int, default=c.lr_warmup, help=f"linear warm-up steps (default {c.lr_warmup})")
     p.add_argument("--online-schedule", action="store_true",
@@ -250,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"cost estimates per interval, on log-equal sub-intervals (default {c.online_substeps}, the "
                         "paper's; more move the learned schedule to the offline one, see adasched.online)")
     p.add_argument("--schedule-out", help="with --online-schedule: also write the learned schedule as schedule JSON")
-    p.add_argument("--checkpoint", help="checkpoint file: resumed from if it exists, rewritten every --checkpoint-every steps")
+    p.add_argument("--checkpoint",
+                   help="checkpoint file: resumed from if it exists, rewritten every --checkpoint-every steps")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default --log-every)")
     p.add_argument("--log-every", type=_positive_int, default=c.log_every,
                    help=f"steps between loss reports (-v shows them; default {c.log_every})")

@@ -444,7 +444,8 @@ def test_scontrol_requeue_resumes_without_loss_or_duplicates(slurm_cluster, inpu
     ref, out = tmp_path / "ref.npz", tmp_path / "out.npz"
     job("sample", sample_options(inputs, ref, num=192))()
     d = dispatch.Dispatcher.from_config(slurm_config(tmp_path))
-    t, box = in_background(d.run, job("sample", sample_options(inputs, out, num=192), progress=Slow()), name="requeue")
+    t, box = in_background(d.run, job("sample", sample_options(inputs, out, num=192), progress=Slow()),
+                           name="requeue")
     wait_for(lambda: batches_on_disk(out) >= 3, what="three batches")
     job_id = running_job(slurm_cluster, tmp_path)
     slurm_cluster.scontrol("requeue", job_id)

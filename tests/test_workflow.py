@@ -359,7 +359,8 @@ def test_dry_run_digits_model(tmp_path):
 
 @pytest.mark.parametrize("change, line", [
     ({"solvers": {"heun": [4]}}, "solvers.heun: solver 'heun' cannot spend exactly 4 evaluations"),
-    ({"sample": {"nmu": 3}}, "sample: unknown key nmu; allowed: num, seed_start, batch, class_label, dtype, device, keep"),
+    ({"sample": {"nmu": 3}},
+     "sample: unknown key nmu; allowed: num, seed_start, batch, class_label, dtype, device, keep"),
     ({"sample": {"batch": "many"}}, "sample.batch: 'many' is not of type 'integer'"),
     ({"sample": {"class_label": -1}}, "sample.class_label: -1 is less than the minimum of 0"),
     ({"solver_options": {"ipndm": {"max_ordr": 3}}}, "solver_options.ipndm: unknown key max_ordr; allowed: max_order"),

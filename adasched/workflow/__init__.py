@@ -17,6 +17,6 @@ from adasched.workflow.run import run_here, run_stage
 from adasched.workflow.sweep import (ANALYTIC_KINDS, CELL, KINDS, METHODS, PLOTS, SOLVERS, Sweep, cell_path,
                                      parse_cell, validate_config)
 
-__all__ = ["Sweep", "validate_config", "run_stage", "run_here", "logging_to", "write_model_json", "fetch_fid_resources", "metric_rows",
-           "write_summary", "read_summary", "parse_cell", "cell_path", "CELL", "METHODS", "SOLVERS",
-           "ANALYTIC_KINDS", "KINDS", "PLOTS", "SUMMARY_FIELDS"]
+__all__ = ["Sweep", "validate_config", "run_stage", "run_here", "logging_to", "write_model_json",
+           "fetch_fid_resources", "metric_rows", "write_summary", "read_summary", "parse_cell", "cell_path", "CELL",
+           "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "SUMMARY_FIELDS"]

@@ -33,14 +33,15 @@ from snakemake.utils import validate
 from adasched.edm import default_cache_dir, parse_spec
 from adasched.errors import AdaschedError
 from adasched.fid import INCEPTION_FILENAME, reference_resource
+from adasched.io import read_json
 from adasched.registry import MODELS, get_model
 from adasched.samplers import SOLVERS as LIBRARY_SOLVERS
 from adasched.samplers import steps_for_nfe
 from adasched.stages import PROBED_METHODS, bind
 from adasched.targets import GaussianMixture, PowerLawGaussian
-from adasched.io import read_json
 
-__all__ = ["Sweep", "validate_config", "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "CELL", "cell_path", "parse_cell"]
+__all__ = ["Sweep", "validate_config", "METHODS", "SOLVERS", "ANALYTIC_KINDS", "KINDS", "PLOTS", "CELL", "cell_path",
+           "parse_cell"]
 
 log = logging.getLogger(__name__)
 
