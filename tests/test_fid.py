@@ -1,7 +1,6 @@
 """FID through clean-fid's code path (offline: stand-in feature extractors), resources, records, digits_fd."""
 
 import json
-import os
 import sys
 import warnings
 from pathlib import Path

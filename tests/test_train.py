@@ -6,7 +6,6 @@ classifier scores is recorded in docs, not repeated in the suite.
 
 import copy
 import json
-import os
 
 import numpy as np
 import pytest
