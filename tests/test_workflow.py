@@ -24,6 +24,7 @@ import yaml
 from adasched.errors import AdaschedError
 from adasched.probe import read_probes
 from adasched.stages import bind
+from adasched.workflow import run_here
 from adasched.workflow import (KINDS, METHODS, PLOTS, SOLVERS, Sweep, metric_rows, parse_cell,
                                write_model_json, write_summary)
 
@@ -121,6 +122,22 @@ def test_a_sample_option_travels_from_the_config_to_the_stage():
     unset = bind("sample", dict(schedule="s.json", solver="heun", output="o",
                                 **Sweep(validated(dict(TINY, sample={"num": 8}))).sample_options("mix2d", "heun")))
     assert unset["class_label"] is None and unset["batch"] == 256  # not in the config: the stage's defaults
+
+
+def test_train_runs_through_the_rule_entry_with_its_own_config(tmp_path):
+    """The train rule passes the stage's own ``config`` (a TrainConfig as a mapping) beside the workflow's config,
+    in this process and as JSON to a process of its own (what the default's digits model takes)."""
+    from adasched.train import load_trained
+    from adasched.workflow.run import _to_json, main
+
+    digits = Sweep(validated(dict(TINY, models={"d": {"kind": "trained-digits",
+                                                      "train": {"steps": 2, "batch": 4, "log_every": 1}}})))
+    options = {**digits.train_options("d"), "output": str(tmp_path / "here.safetensors")}
+    assert run_here("train", tmp_path / "here.log", {}, **options) == options["output"]
+    child = dict(options, output=str(tmp_path / "child.safetensors"))
+    assert main(["train", str(tmp_path / "child.log"), "{}", _to_json(bind("train", child))]) == 0
+    assert load_trained(tmp_path / "child.safetensors").meta["training"]["step"] == 2
+    assert "train: 2/2 (100%)" in (tmp_path / "child.log").read_text()
 
 
 def test_bind_refuses_what_the_stage_does_not_take():

@@ -33,8 +33,9 @@ __all__ = ["run_stage", "run_here", "main"]
 log = logging.getLogger(__name__)
 
 
-def run_stage(name: str, log_path: str | os.PathLike, config: dict, *, in_thread: bool = True, **options) -> str:
+def run_stage(name: str, log_path: str | os.PathLike, config: dict, /, *, in_thread: bool = True, **options) -> str:
     """Run the stage ``name`` with ``options`` for a rule whose log is ``log_path``; return its output.
+    (``config`` is the workflow's config; ``options`` may hold the stage's own ``config``, as train's does.)
 
     There are hundreds of cell jobs, most of them milliseconds of work on an analytic target, while a new
     Python with torch costs about 2 s of CPU; so a local job runs right here, in a thread of the Snakemake
@@ -69,7 +70,7 @@ def _to_json(options: dict) -> str:
     return json.dumps({k: v for k, v in options.items() if k != "progress"}, default=encode)
 
 
-def run_here(name: str, log_path: str | os.PathLike, config: dict, **options) -> str:
+def run_here(name: str, log_path: str | os.PathLike, config: dict, /, **options) -> str:
     """The stage ``name`` as :func:`run_stage` runs it, from this process: bound to its signature, then run
     here or waited for on SLURM as the config's ``dispatch`` block says, with progress lines, SLURM job ids and
     log files in ``log_path`` (started afresh).  A failure is one :class:`AdaschedError` naming the log."""
