@@ -64,8 +64,10 @@ METHODS = (*CLOSED_FORM, *PROBED_METHODS, "online")
 DTYPES = ("float64", "float32")
 #: First seed of the latents a solver-aware schedule is fitted on, far from the seeds samples are drawn with.
 FIT_SEED_START = 1_000_000
-#: Arrays of a samples NPZ with one row per sample (concatenated when batches or seed ranges are joined).
-_PER_SAMPLE = ("samples", "latents", "labels", "seeds")
+#: Arrays of a samples NPZ with one row per sample (concatenated when batches or seed ranges are joined): those
+#: :func:`adasched.samplers.generate` returns (``labels`` for a class-conditional model), and the seeds.
+_ARRAYS = ("samples", "latents", "labels")
+_PER_SAMPLE = (*_ARRAYS, "seeds")
 
 PathLike = Union[str, os.PathLike]
 
@@ -231,6 +233,8 @@ def sample(*, model: str, schedule: PathLike, solver: str, num: int, output: Pat
     check_output(output)
     if dtype not in DTYPES:
         raise AdaschedError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if num < 1 or batch < 1:
+        raise AdaschedError(f"num and batch must be positive integers, got num {num} and batch {batch}")
     sched = Schedule.load(schedule)
     opts = dict(sched.params.get("solver_options", {})) if sched.solver == solver else {}
     opts.update(check_options(solver, solver_options or {}))
@@ -249,7 +253,7 @@ def sample(*, model: str, schedule: PathLike, solver: str, num: int, output: Pat
             with torch.inference_mode():
                 out = generate(net, sched.sigmas, solver, chunks[k], net.shape, batch=batch, device=device,
                                dtype=getattr(torch, dtype), class_label=class_label, **opts)
-            save_npz(_batch_file(work, k), **{key: out[key].numpy() for key in _PER_SAMPLE[:3] if key in out},
+            save_npz(_batch_file(work, k), **{key: out[key].numpy() for key in _ARRAYS if key in out},
                      seeds=np.asarray(chunks[k], dtype=np.int64), nfe=np.int64(out["nfe"]))
             report(progress, "sample", chunks[k].stop - seed_start, num)
         parts = []
