@@ -52,8 +52,9 @@ SOLVERS = tuple(LIBRARY_SOLVERS)
 #: Model kinds whose exact solution is known (``gmm:``, ``powerlaw:`` SPECs of a ``model.json``).
 ANALYTIC_KINDS = ("gmm", "powerlaw")
 KINDS = ANALYTIC_KINDS + ("edm", "trained-digits")
-#: The probe file each probed method reads (the corrector cost, or the predictor cost for ``-po``).
-PROBES = {method: "probes.h5" if cost == "corrector" else "probes-po.h5" for method, cost in PROBED_METHODS.items()}
+#: The probe file of each cost, and the one each probed method reads (the predictor cost for ``-po``).
+PROBE_FILES = {"corrector": "probes.h5", "predictor": "probes-po.h5"}
+PROBES = {method: PROBE_FILES[cost] for method, cost in PROBED_METHODS.items()}
 #: Figures per model: ``plots/<model>-<name>.png``.
 PLOTS = ("quality", "schedules", "lambda", "samples")
 #: The one pattern of a cell's file (stage ``schedules``, ``samples`` or ``metrics``), relative to ``results``.
@@ -352,8 +353,7 @@ class Sweep:
 
     def probes_needed(self, model: str) -> list[str]:
         """Probe files of ``model``: always the corrector cost (Lambda plot), the predictor cost if swept."""
-        names = {"corrector": "probes.h5", "predictor": "probes-po.h5"}
-        return [f"{self.results}/{model}/{names[cost]}" for cost in self.probe_costs(model)]
+        return [f"{self.results}/{model}/{PROBE_FILES[cost]}" for cost in self.probe_costs(model)]
 
     # ----------------------------------------------------------------------------------------- schedule
 
