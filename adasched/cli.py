@@ -35,6 +35,11 @@ EXAMPLES = {
   adasched schedule --method score-optimal --probes probes.h5 --solver heun --nfe 15 -o co.json
   adasched schedule --method solver-aware --probes probes.h5 --model gmm:mixture.json --solver ipndm --nfe 8 -o sa.json
 """,
+    "fit-reference": """examples:
+  adasched fit-reference --model adasched:digits.safetensors -o reference.h5
+  adasched schedule --method solver-aware --probes probes.h5 --model adasched:digits.safetensors \\
+      --reference reference.h5 --solver heun --nfe 11 -o sa-heun-11.json
+""",
     "probe": """examples:
   adasched probe --model gmm:mixture.json --grid 200 --samples 256 -o probes.h5
   adasched probe --model gmm:mixture.json --grid 200 --samples 256 -o probes.h5     # adds 256 more
@@ -138,8 +143,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-iterations", type=_positive_int, default=d["fit_iterations"],
                    help="solver-aware: Adam steps per start, and at most as many L-BFGS iterations per run of "
                         f"the polish of the best (default {d['fit_iterations']})")
+    p.add_argument("--reference", help="solver-aware: the model's solves of the fit latents (.h5 from 'adasched "
+                                       "fit-reference'; default: solved here)")
+    p.add_argument("--warm-start", help="solver-aware: a solver-aware schedule of this model at another NFE, one more "
+                                        "start (the closed-form starts are then skipped)")
+    p.add_argument("--fit-budget", type=_positive_int,
+                   help="solver-aware: network evaluations (forward plus backward, per latent) the fit may spend "
+                        f"(default {stages.FIT_BUDGET} for a network, no bound for an analytic model)")
+    p.add_argument("--fit-batch", type=_positive_int,
+                   help="solver-aware: fit latents per network call, gradients accumulated (default all)")
+    _add_device(p, d)
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write")
     _add_solver_options(p, nfe_only=True)
+
+    d = _defaults("fit-reference")
+    p = _sub(sub, common, "fit-reference", "solve the fit latents of solver-aware schedules accurately, once per "
+                                           "model, into HDF5")
+    p.add_argument("--model", required=True, help="model SPEC")
+    p.add_argument("--fit-seeds", type=_positive_int, default=d["fit_seeds"],
+                   help=f"latents to solve (seeds from {stages.FIT_SEED_START} on; default {d['fit_seeds']}, as "
+                        "'adasched schedule')")
+    p.add_argument("--sigma-max", type=_float, default=d["sigma_max"],
+                   help=f"where the solves start, the schedules' highest sigma (default {d['sigma_max']:g})")
+    p.add_argument("--sigma-min", type=_float, help="where they stop before the jump to 0 (default the model's own)")
+    p.add_argument("--tol", type=_float, help="Richardson error estimate to reach, a share of the solutions' RMS "
+                                              "(default 1e-4 for a network, 1e-7 for an analytic model)")
+    p.add_argument("--max-steps", type=_positive_int, default=d["max_steps"],
+                   help=f"most Heun steps of the finest solve (default {d['max_steps']})")
+    p.add_argument("--batch", type=_positive_int, default=d["batch"],
+                   help=f"latents per network call (default {d['batch']})")
+    _add_device(p, d)
+    _add_trust(p)
+    p.add_argument("-o", "--output", required=True,
+                   help="reference file to write (finished levels wait in .NAME.partial/; the same command resumes)")
 
     d = _defaults("probe")
     p = _sub(sub, common, "probe", "estimate the incremental cost on a grid of noise levels into HDF5")

@@ -64,18 +64,24 @@ class CountingDenoiser:
     """Wrap a denoiser and count its evaluations per sample (the true NFE).
 
     ``nfe`` is the number of calls; ``evaluations`` is the number of (sample, call) pairs, so that
-    ``evaluations / batch`` is the NFE per sample even when a caller splits a batch.
+    ``evaluations / batch`` is the NFE per sample even when a caller splits a batch.  ``gradient_evaluations``
+    counts the pairs whose output carries a gradient: each will cost one backward pass through the network
+    when the result is differentiated (:mod:`adasched.fitting` counts its budget so).
     """
 
     def __init__(self, inner: Callable):
         self.inner = inner
         self.nfe = 0
         self.evaluations = 0
+        self.gradient_evaluations = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         self.evaluations += x.shape[0]
-        return self.inner(x, sigma)
+        out = self.inner(x, sigma)
+        if out.requires_grad:
+            self.gradient_evaluations += x.shape[0]
+        return out
 
     def __getattr__(self, name):
         # Only reached for attributes not found normally; guard ``inner`` and dunders so that copy and

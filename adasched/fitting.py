@@ -8,9 +8,11 @@ the mean squared distance between the solver's output and a target output from t
 * :func:`oracle_schedule` -- targets are the *exact* probability-flow ODE solutions of the very latents
   the schedule is evaluated on (analytic targets only).  It is the limit against which every other
   schedule is measured, not a method one can use.
-* :func:`solver_aware_schedule` -- targets are a high-NFE reference solve by the *model itself* on
-  latents drawn from separate probe seeds, started from a given schedule (the score-optimal one).  It
-  needs only the denoiser, so it applies to any model, and it is evaluated on seeds it never saw.
+* :func:`solver_aware_schedule` -- targets are high-accuracy solves by the *model itself*
+  (:mod:`adasched.references`) of latents drawn from separate probe seeds, started from a given schedule
+  (the score-optimal one).  It needs only the denoiser, so it applies to any model, and it is evaluated on
+  seeds it never saw.  Its cost is counted in network evaluations (:class:`Objective`) and can be bounded
+  by a budget.
 
 ``sigma_0 = sigma_max`` stays fixed; the last positive level -- where the solver stops before the final
 jump to 0 -- is free, bounded below by ``sigma_floor``.
@@ -20,17 +22,21 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
+from adasched.denoisers import CountingDenoiser
 from adasched.errors import AdaschedError, ScheduleError
 from adasched.progress import Progress, report
+from adasched.references import Reference, solve_reference
 from adasched.samplers import PerSampleGenerator, get_solver, latents, with_drawn_labels
-from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear, validate_sigmas
+from adasched.schedules import resample, sigmas_edm, sigmas_kl_optimal, sigmas_loglinear, validate_sigmas
 
-__all__ = ["OPTIMIZERS", "REFERENCE_FLOOR", "candidate_schedules", "fit_schedule", "hessian", "oracle_schedule",
-           "reference_solution", "solver_aware_schedule"]
+__all__ = ["ADAM_SHARE", "OPTIMIZERS", "BudgetSpent", "Fit", "Objective", "candidate_schedules", "fit_schedule",
+           "hessian", "oracle_schedule", "refine", "solver_aware_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,98 @@ LBFGS_RUNS = 5
 WHITENED_ROUNDS = 20
 
 
+class BudgetSpent(Exception):
+    """Raised by :class:`Objective` before an evaluation the fit's budget cannot pay for."""
+
+
+class Objective:
+    """The fit error ``mean ||solve(x) - target||^2`` of a schedule, its network evaluations counted.
+
+    ``parts`` are ``(denoise, x, target, seeds)`` tuples, one per chunk of fit latents (``seeds`` re-seed a
+    stochastic solver's noise at every evaluation; a conditional model comes with its chunk's classes bound):
+    a gradient is accumulated part by part, so memory is bounded by the largest part, not by the number of
+    latents.  Each denoiser is wrapped in a :class:`~adasched.denoisers.CountingDenoiser`: ``forward`` counts
+    network evaluations (one per latent and call), ``backward`` the backward passes through the network (one
+    per latent and call made with a gradient; a Hessian row, :meth:`hessian`, counts two).  With a ``budget``
+    (forward plus backward), an evaluation it cannot pay for raises :class:`BudgetSpent` before it starts.
+    """
+
+    def __init__(self, parts, solver: str, options: dict | None = None, budget: int | None = None):
+        self.spec = get_solver(solver)
+        self.options = {k: v for k, v in (options or {}).items() if k in self.spec.options}
+        self.parts = [(CountingDenoiser(d), x.detach(), t.detach(), s) for d, x, t, s in parts]
+        self.size = sum(x.numel() for _, x, _, _ in self.parts)
+        self.latents = sum(x.shape[0] for _, x, _, _ in self.parts)
+        self.budget = budget
+        self.extra_backward = 0
+        self.started = time.perf_counter()
+
+    @property
+    def forward(self) -> int:
+        return sum(d.evaluations for d, *_ in self.parts)
+
+    @property
+    def backward(self) -> int:
+        return sum(d.gradient_evaluations for d, *_ in self.parts) + self.extra_backward
+
+    @property
+    def spent(self) -> int:
+        return self.forward + self.backward
+
+    def cost(self, steps: int, gradient: bool) -> int:
+        """Network evaluations (forward plus backward) of one evaluation of a ``steps``-step schedule."""
+        return self.spec.nfe(steps, **self.options) * self.latents * (2 if gradient else 1)
+
+    def affordable(self, steps: int, gradient: bool, share: float = 1.0) -> int | None:
+        """How many evaluations ``share`` of the budget left pays for (None: no budget)."""
+        if self.budget is None:
+            return None
+        return max(0, int(share * (self.budget - self.spent)) // self.cost(steps, gradient))
+
+    def _pay(self, cost: int) -> None:
+        if self.budget is not None and self.spent + cost > self.budget:
+            raise BudgetSpent
+
+    def _part_loss(self, part, sigmas: torch.Tensor) -> torch.Tensor:
+        denoise, x, target, seeds = part
+        gen = PerSampleGenerator(seeds) if self.spec.stochastic else None
+        out = self.spec.fn(denoise, x, sigmas, generator=gen, **self.options)
+        return (out - target).pow(2).sum() / self.size
+
+    def __call__(self, make_sigmas: Callable[[], torch.Tensor], gradient: bool = False) -> tuple[float, torch.Tensor]:
+        """The error of the schedule ``make_sigmas()`` and that schedule (detached); with ``gradient``, the
+        error's gradient is accumulated into the leaves ``make_sigmas`` builds it from (called once per part,
+        so each part's graph is freed before the next is built)."""
+        sigmas = make_sigmas()
+        self._pay(self.cost(sigmas.numel() - 1, gradient))
+        total = 0.0
+        for part in self.parts:
+            if gradient:
+                loss = self._part_loss(part, sigmas)
+                loss.backward()
+                sigmas = make_sigmas()
+            else:
+                with torch.no_grad():
+                    loss = self._part_loss(part, sigmas)
+            total += float(loss.detach())
+        return total, sigmas.detach().clone()
+
+    def hessian(self, make_sigmas: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        """The exact Hessian of ``error(make_sigmas(theta)) / scale`` (:func:`hessian`, summed over parts)."""
+        steps = make_sigmas(theta).numel() - 1
+        p = theta.numel()
+        self._pay(self.cost(steps, True) + 2 * p * self.cost(steps, False))
+        h = sum(hessian(lambda t: self._part_loss(part, make_sigmas(t)) / scale, theta) for part in self.parts)
+        self.extra_backward += 2 * p * self.cost(steps, False)
+        return h
+
+    def report(self) -> dict:
+        """The evaluations counted so far, and the seconds since this objective was made."""
+        return {"forward": self.forward, "backward": self.backward, "budget": self.budget,
+                "seconds": round(time.perf_counter() - self.started, 3)}
+
+
 def hessian(loss_of, theta: torch.Tensor) -> torch.Tensor:
     """The exact Hessian of the scalar ``loss_of(theta)``, one double-backward row at a time.
 
@@ -95,77 +193,97 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     """Minimise ``mean ||solve(x_start) - target||^2`` over the positive levels of ``init_sigmas``.
 
     ``x_start`` are the start points at ``init_sigmas[0]`` (``latents * sigma_max``), ``target`` the
-    outputs to match.  The parameters ``theta`` are the log-gaps between levels.  ``optimizer="adam"``:
-    ``iterations`` Adam steps with cosine learning-rate decay from ``lr``, which travels far from a start but
-    converges slowly.  ``"lbfgs"`` (``lr`` unused) converges fast near a minimum: L-BFGS with a strong-Wolfe
-    line search and at most ``iterations`` iterations, restarted from its best point while a run gains more
-    than 1% (at most :data:`LBFGS_RUNS` runs); then up to ``whitened_rounds`` rounds of the same L-BFGS in
-    coordinates ``u`` with ``theta = theta_0 + V |E|^(-1/2) u``, where ``V E V^T`` is the exact Hessian
-    (:func:`hessian`, ``p`` Hessian-vector products) of the error at the round's start ``theta_0``, again
-    while a round gains more than 1%.  The best schedule evaluated is returned.  Stochastic solvers use
-    per-sample generators re-seeded at every evaluation from ``generator_seeds``.  ``progress(task, n, total)``
-    (:mod:`adasched.progress`) is told the number of error evaluations so far (each is one solve and its
-    gradient); ``total`` is ``iterations`` for Adam and unknown (None) for L-BFGS.
+    outputs to match; stochastic solvers use per-sample generators re-seeded at every evaluation from
+    ``generator_seeds``.  The search itself is :func:`refine` on an :class:`Objective` of one part.
+    """
+    objective = Objective([(denoise, x_start, target, generator_seeds)], solver, solver_options)
+    return refine(objective, init_sigmas, iterations=iterations, lr=lr, sigma_floor=sigma_floor,
+                  optimizer=optimizer, whitened_rounds=whitened_rounds, progress=progress, task=task)[0]
+
+
+def refine(objective: Objective, init_sigmas, *, iterations: int = 300, lr: float = 0.05, sigma_floor: float = 1e-4,
+           optimizer: str = "adam", whitened_rounds: int = WHITENED_ROUNDS, progress: Progress | None = None,
+           task: str = "fit") -> tuple[torch.Tensor, float]:
+    """The schedule with the lowest ``objective`` found from ``init_sigmas``, varying its positive levels, and
+    that error.
+
+    The parameters ``theta`` are the log-gaps between levels.  ``optimizer="adam"``: ``iterations`` Adam steps
+    with cosine learning-rate decay from ``lr``, which travels far from a start but converges slowly.
+    ``"lbfgs"`` (``lr`` unused) converges fast near a minimum: L-BFGS with a strong-Wolfe line search and at
+    most ``iterations`` iterations, restarted from its best point while a run gains more than 1% (at most
+    :data:`LBFGS_RUNS` runs); then up to ``whitened_rounds`` rounds of the same L-BFGS in coordinates ``u``
+    with ``theta = theta_0 + V |E|^(-1/2) u``, where ``V E V^T`` is the exact Hessian (``p`` Hessian-vector
+    products) of the error at the round's start ``theta_0``, again while a round gains more than 1%.  The best
+    schedule evaluated is returned; when the objective's budget runs out (:class:`BudgetSpent`), so far.
+    ``progress(task, n, total)`` (:mod:`adasched.progress`) is told the number of error evaluations so far;
+    ``total`` is ``iterations`` for Adam and unknown (None) for L-BFGS.
     """
     if optimizer not in OPTIMIZERS:
         raise AdaschedError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    spec = get_solver(solver)
     s0 = validate_sigmas(init_sigmas)
     if s0.numel() < 3:
-        return s0
+        return s0, objective(lambda: s0)[0]
     sigma_max = float(s0[0])
     floor = float(sigma_floor)
     if float(s0[-2]) < floor:
         raise AdaschedError(f"initial schedule's last positive sigma {float(s0[-2]):g} is below the floor {floor:g}")
-    x_start = x_start.detach()
-    target = target.detach()
     best, best_loss = s0, math.inf
     evaluations = 0
+    solver = objective.spec.name
 
-    def loss_of(theta: torch.Tensor) -> torch.Tensor:
+    def loss_of(make_sigmas: Callable[[], torch.Tensor], gradient: bool = True) -> float:
         nonlocal best, best_loss, evaluations
-        sigmas = _from_params(theta, sigma_max, floor)
-        gen = PerSampleGenerator(generator_seeds) if spec.stochastic else None
-        loss = (spec.fn(denoise, x_start, sigmas, generator=gen, **solver_options) - target).pow(2).mean()
-        value = loss.detach().item()
+        value, sigmas = objective(make_sigmas, gradient)
         if value < best_loss and math.isfinite(value):
-            best_loss, best = value, sigmas.detach().clone()
+            best_loss, best = value, sigmas
         if evaluations % 50 == 0:
             log.info("fit %s (%s): evaluation %d, mse %.4g", solver, optimizer, evaluations, value)
         evaluations += 1
         report(progress, task, evaluations, iterations + 1 if optimizer == "adam" else None)
-        return loss
+        return value
 
-    if optimizer == "adam":
-        theta = _to_params(s0, floor)
-        opt = torch.optim.Adam([theta], lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-        for _ in range(iterations):
-            opt.zero_grad()
-            loss_of(theta).backward()
-            opt.step()
-            sched.step()
-        with torch.no_grad():
-            loss_of(theta)
-        return validate_sigmas(best)
+    try:
+        if optimizer == "adam":
+            theta = _to_params(s0, floor)
+            opt = torch.optim.Adam([theta], lr=lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
+            for _ in range(iterations):
+                opt.zero_grad()
+                loss_of(lambda: _from_params(theta, sigma_max, floor))
+                opt.step()
+                sched.step()
+            loss_of(lambda: _from_params(theta.detach(), sigma_max, floor), gradient=False)
+            return validate_sigmas(best), best_loss
+        _lbfgs_search(loss_of, objective, best_sigmas=lambda: best, best_loss=lambda: best_loss,
+                      floor=floor, sigma_max=sigma_max, iterations=iterations, whitened_rounds=whitened_rounds,
+                      solver=solver)
+    except BudgetSpent:
+        log.info("fit %s (%s): budget of %s network evaluations spent", solver, optimizer, objective.budget)
+    if not math.isfinite(best_loss):  # the budget ran out before the first evaluation
+        best_loss = _error(objective, s0)
+    return validate_sigmas(best), best_loss
+
+
+def _lbfgs_search(loss_of, objective: Objective, *, best_sigmas, best_loss, floor: float, sigma_max: float,
+                  iterations: int, whitened_rounds: int, solver: str) -> None:
+    """:func:`refine`'s L-BFGS runs, then its whitened rounds; the best point is kept by ``loss_of``."""
 
     def lbfgs(u: torch.Tensor, to_theta: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """One L-BFGS run over the leaf ``u``, the log-gaps being ``to_theta(u)``; updates ``best``."""
+        """One L-BFGS run over the leaf ``u``, the log-gaps being ``to_theta(u)``."""
         scale = None
 
         def closure():
             nonlocal scale
             opt.zero_grad()
             try:
-                loss = loss_of(to_theta(u))
+                value = loss_of(lambda: _from_params(to_theta(u), sigma_max, floor))
             except ScheduleError:  # a trial step so long that levels merge in float64
                 raise FloatingPointError from None
-            if not torch.isfinite(loss):
+            if not math.isfinite(value):
                 raise FloatingPointError
-            scale = scale or max(loss.item(), 1e-300)
-            loss = loss / scale  # relative, so L-BFGS's tolerances do not depend on the error's size
-            loss.backward()
-            return loss
+            scale = scale or max(value, 1e-300)
+            u.grad /= scale  # relative, so L-BFGS's tolerances do not depend on the error's size
+            return torch.tensor(value / scale, dtype=u.dtype)
 
         opt = torch.optim.LBFGS([u], lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-12, tolerance_change=1e-14)
@@ -178,17 +296,17 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
     # trial point): restarted from its best point with a fresh history, it goes on (2.4x lower error on
     # the power-law Gaussian at iPNDM 15 NFE).  Restart while a run gains more than 1%.
     for _ in range(LBFGS_RUNS):
-        before = best_loss
-        lbfgs(_to_params(best, floor), lambda theta: theta)
-        if not best_loss < (1 - 1e-2) * before:
+        before = best_loss()
+        lbfgs(_to_params(best_sigmas(), floor), lambda theta: theta)
+        if not best_loss() < (1 - 1e-2) * before:
             break
     # Where the error is ill-conditioned, plain L-BFGS creeps; in whitened coordinates every direction has
     # unit curvature at the start.  Eigenvalues are floored (in magnitude: the Hessian can be indefinite
     # there) at 1e-12 of the largest.
     for _ in range(whitened_rounds):
-        before = best_loss
-        theta_0 = _to_params(best, floor).detach()
-        h = hessian(lambda theta: loss_of(theta) / max(before, 1e-300), theta_0)
+        before = best_loss()
+        theta_0 = _to_params(best_sigmas(), floor).detach()
+        h = objective.hessian(lambda theta: _from_params(theta, sigma_max, floor), theta_0, max(before, 1e-300))
         if not torch.isfinite(h).all():
             log.info("fit %s (lbfgs): non-finite Hessian, no whitened round", solver)
             break
@@ -196,45 +314,8 @@ def fit_schedule(denoise, solver: str, init_sigmas, x_start: torch.Tensor, targe
         e = e.abs().clamp_min(float(e.abs().max()) * 1e-12)
         basis = v * e.rsqrt()
         lbfgs(torch.zeros_like(theta_0, requires_grad=True), lambda u: theta_0 + basis @ u)
-        if not best_loss < (1 - 1e-2) * before:
+        if not best_loss() < (1 - 1e-2) * before:
             break
-    return validate_sigmas(best)
-
-
-#: Where :func:`reference_solution` stops before its final jump to 0 for a model exact at every sigma
-#: (``sigma_min`` 0: the analytic targets).  The jump from 0.002 alone leaves 5e-5 RMSE on the power-law
-#: Gaussian and 9e-5 on the 64-D mixture, as much as good 10-NFE schedules' own error; from 2e-6, with the
-#: extrapolated 4096-step solve, 2.6e-10 and 2.1e-9 (benchmarks/reference_error.py, docs/benchmarks.md).
-REFERENCE_FLOOR = 2e-6
-
-
-def reference_solution(denoise, x_start: torch.Tensor, sigma_max: float, sigma_min: float | None = None,
-                       steps: int = 4096, progress: Progress | None = None) -> torch.Tensor:
-    """A high-accuracy probability-flow solve by the model itself: Richardson-extrapolated Heun.
-
-    Heun on EDM's rho = 7 schedule with ``steps`` and with ``steps // 2`` steps (the coarse grid is every
-    other level of the fine one); Heun's global error is O(h^2), so ``(4 fine - coarse) / 3`` cancels its
-    leading term: 1.5x the fine solve's cost (12286 NFE by default), 75x to 490x less error on the analytic
-    targets, and 7x to 8x less at each doubling of ``steps``.  2048 steps left 1.8e-9 on the power-law
-    Gaussian, where its converged iPNDM 20-NFE fit is 1.0e-9 from the exact solution: a fit to that
-    reference ends 2x above it (docs/benchmarks.md).  It stops at ``sigma_min``, by default the model's own
-    (a network is untrained below it), or :data:`REFERENCE_FLOOR` for a model that declares 0; then the
-    final jump to 0.  ``progress("reference solve", step, total)`` counts the steps of both solves.
-    """
-    if sigma_min is None:
-        sigma_min = float(getattr(denoise, "sigma_min", 0.0)) or REFERENCE_FLOOR
-    if steps < 2 or steps % 2:
-        raise AdaschedError(f"reference steps must be even and at least 2, got {steps}")
-    solver = get_solver("heun")
-    total = steps + steps // 2
-
-    def step_done(offset):
-        return lambda i, *_: report(progress, "reference solve", offset + i + 1, total)
-
-    with torch.no_grad():
-        fine = solver.fn(denoise, x_start, sigmas_edm(steps, sigma_min, sigma_max), callback=step_done(0))
-        coarse = solver.fn(denoise, x_start, sigmas_edm(steps // 2, sigma_min, sigma_max), callback=step_done(steps))
-    return (4.0 * fine - coarse) / 3.0
 
 
 def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_sigmas=None,
@@ -251,7 +332,7 @@ def oracle_schedule(target, solver: str, steps: int, seeds: Sequence[int], init_
     if exact is None:
         exact = target.ode_solution(latents(seeds, target.shape).double() * init[0], float(init[0]), 0.0)
     return solver_aware_schedule(target, target.shape, solver, init, seeds, reference=exact, candidates=candidates,
-                                 **kw)
+                                 **kw).sigmas
 
 
 def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[torch.Tensor]:
@@ -270,49 +351,123 @@ def candidate_schedules(steps: int, sigma_min: float, sigma_max: float) -> list[
     return out
 
 
+@dataclass
+class Fit:
+    """A solver-aware schedule, its error on the fit latents (mean squared, as fitted), the error of the best
+    starting schedule, the Richardson error estimate of the targets (RMS; None when not known) and the fit's
+    cost (:meth:`Objective.report`: network evaluations forward and backward, the budget, seconds)."""
+
+    sigmas: torch.Tensor
+    error: float
+    start_error: float
+    reference_error: float | None
+    cost: dict = field(default_factory=dict)
+
+
+#: Share of a budget left after scoring the starts that their Adam refinement gets (split between the starts);
+#: the L-BFGS polish gets the rest (:func:`solver_aware_schedule`).
+ADAM_SHARE = 0.5
+
+
 def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
-                          reference: Callable | torch.Tensor | None = None, candidates: Sequence | None = None,
-                          starts: int = 3, iterations: int = 200, polish: bool = True,
-                          progress: Progress | None = None, **kw) -> torch.Tensor:
-    """A schedule for ``solver`` fitted to the model's own high-NFE solves on ``probe_seeds``.
+                          reference: Reference | torch.Tensor | None = None, candidates: Sequence | None = None,
+                          warm_start=None, starts: int = 3, iterations: int = 200, polish: bool = True,
+                          budget: int | None = None, whitened_rounds: int | None = None, chunk: int | None = None,
+                          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
+                          progress: Progress | None = None, **kw) -> Fit:
+    """A schedule for ``solver`` fitted to the model's own high-accuracy solves of the latents of ``probe_seeds``.
 
     The sampling error is far from convex in the noise levels, and gradient descent keeps the basin it
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
-    ``candidates`` (e.g. the predictor-optimised schedule) and :func:`candidate_schedules` -- is scored by
-    one solve on the probe seeds; the ``starts`` best are each refined by Adam (:func:`fit_schedule`), and
-    the refined schedule with the lowest error on the probe seeds is polished by L-BFGS (skipped with
-    ``polish=False``).  ``reference(x_start, sigma_max)`` gives the targets (default
-    :func:`reference_solution`), or ``reference`` is the targets themselves, already computed for the start
-    points of ``probe_seeds``; only the denoiser is needed.  Use probe seeds disjoint from the evaluation seeds.
-    ``progress`` (:mod:`adasched.progress`) follows the reference solve and each fit.
+    ``candidates`` (e.g. the predictor-optimised schedule), and either ``warm_start`` (a schedule fitted at
+    another NFE, resampled to this one: :func:`adasched.schedules.resample`) or, without one,
+    :func:`candidate_schedules` -- is scored by one solve; the ``starts`` best are each refined by Adam
+    (:func:`refine`), and the refined schedule with the lowest error is polished by L-BFGS (skipped with
+    ``polish=False``).  Use probe seeds disjoint from the evaluation seeds.
+
+    ``reference``: the targets, a :class:`~adasched.references.Reference` for these seeds or a tensor of
+    solutions; by default they are solved here (:func:`~adasched.references.solve_reference`).
+
+    Cost: ``budget`` bounds the network evaluations (forward plus backward, counted per latent) of the whole
+    search after the targets: the scoring first, then the Adam starts get :data:`ADAM_SHARE` of what is left
+    (``iterations`` at most each), the polish the rest, with no exact-Hessian rounds unless
+    ``whitened_rounds`` asks for them (without a budget: :data:`WHITENED_ROUNDS`).  ``chunk`` latents go
+    through the network at a time, gradients accumulated over chunks, so memory does not grow with the number
+    of latents.  The latents are solved on ``device`` in ``dtype`` (the model must be there already).
     """
     init = validate_sigmas(init_sigmas)
-    x = latents(probe_seeds, shape).double() * init[0]
-    denoise = with_drawn_labels(denoise, probe_seeds, shape)  # a conditional model: the classes generate draws
-    if isinstance(reference, torch.Tensor):
-        ref = reference
-    else:
-        ref = (reference or (lambda x0, smax: reference_solution(denoise, x0, smax, progress=progress)))(
-            x, float(init[0]))
-    pool = [init, *map(validate_sigmas, candidates or [])]
     steps = init.numel() - 1
-    if steps > 1:
-        pool += candidate_schedules(steps, float(init[-2]), float(init[0]))
-    spec = get_solver(solver)
-    options = {k: v for k, v in kw.items() if k in spec.options}
+    seeds = [int(v) for v in probe_seeds]
+    sigma_max = float(init[0])
+    reference_error = None
+    if reference is None:
+        reference = solve_reference(denoise, shape, seeds, sigma_max, batch=chunk or max(1, len(seeds)),
+                                    device=device, dtype=dtype, progress=progress)
+    if isinstance(reference, Reference):
+        reference_error, reference = reference.error, reference.target
+    target = reference.to(device=device, dtype=dtype)
+    if target.shape != (len(seeds), *shape):
+        raise AdaschedError(f"targets of shape {tuple(target.shape)} for {len(seeds)} latents of shape {tuple(shape)}")
+    size = chunk or max(1, len(seeds))
+    parts = []
+    for lo in range(0, len(seeds), size):
+        part = seeds[lo:lo + size]
+        x = latents(part, shape).to(device=device, dtype=dtype) * sigma_max
+        # a conditional model: each latent with the class generate() draws for its seed
+        parts.append((with_drawn_labels(denoise, part, shape), x, target[lo:lo + size], part))
+    objective = Objective(parts, solver, kw, budget)
+    if whitened_rounds is None:
+        whitened_rounds = WHITENED_ROUNDS if budget is None else 0
 
-    def error(s):
-        gen = PerSampleGenerator(probe_seeds) if spec.stochastic else None
-        with torch.no_grad():
-            return float((spec.fn(denoise, x, s, generator=gen, **options) - ref).pow(2).mean())
-
-    def refine(s, task, **extra):
-        return fit_schedule(denoise, solver, s, x, ref, generator_seeds=probe_seeds, iterations=iterations,
-                            progress=progress, task=task, **{**kw, **extra})
-
-    ranked = sorted(pool, key=error)[:max(1, starts)]
-    best = min((refine(s, f"fit start {k + 1}/{len(ranked)} (adam)") for k, s in enumerate(ranked)), key=error)
+    pool = [init, *map(validate_sigmas, candidates or [])]
+    if warm_start is not None:
+        pool.insert(0, resample(warm_start, steps))
+    elif steps > 1:
+        pool += candidate_schedules(steps, float(init[-2]), sigma_max)
+    scores = []
+    try:
+        for s in pool:
+            scores.append((objective(lambda: s)[0], s))
+    except BudgetSpent:
+        if not scores:
+            raise AdaschedError(f"a fit budget of {budget} network evaluations does not pay for one solve of "
+                                f"{len(seeds)} latents at {objective.cost(steps, False) // len(seeds)} NFE") from None
+    scores.sort(key=lambda pair: pair[0])
+    ranked = [s for _, s in scores[:max(1, starts)]]
+    start_error = scores[0][0]
+    share = ADAM_SHARE if polish else 1.0
+    fits = []
+    for k, s in enumerate(ranked):
+        affordable = objective.affordable(steps, True, share / (len(ranked) - k))
+        n = iterations if affordable is None else min(iterations, max(0, affordable - 1))
+        fits.append(refine(objective, s, iterations=n, optimizer="adam", progress=progress,
+                           task=f"fit start {k + 1}/{len(ranked)} (adam)", **_fit_options(kw)))
+    best, best_error = min(fits, key=lambda pair: pair[1])
     # Adam travels from distant starts but stops short of a narrow optimum, where L-BFGS converges in a few
     # seconds (benchmarks/polish.py, docs/benchmarks.md).  Holding back a share of the probe seeds to choose
     # between starts and fits was tried and did not help (docs/benchmarks.md).
-    return refine(best, "polish (lbfgs)", optimizer="lbfgs") if polish else best
+    if polish:
+        polished = refine(objective, best, iterations=iterations, optimizer="lbfgs", whitened_rounds=whitened_rounds,
+                          progress=progress, task="polish (lbfgs)", **_fit_options(kw))
+        best, best_error = min([(best, best_error), polished], key=lambda pair: pair[1])
+    cost = objective.report()
+    log.info("fit %s at %d steps: mse %.4g (best start %.4g), %d forward and %d backward network evaluations, "
+             "%.1f s", solver, steps, best_error, start_error, cost["forward"], cost["backward"], cost["seconds"])
+    if reference_error is not None and reference_error > 0.3 * math.sqrt(best_error):
+        log.warning("the targets' error estimate %.3g is not well below the fitted schedule's RMS error %.3g: a "
+                    "more accurate reference (lower tol) may fit it better", reference_error, math.sqrt(best_error))
+    return Fit(best, best_error, start_error, reference_error, cost)
+
+
+def _fit_options(kw: dict) -> dict:
+    """The options of :func:`refine` among a caller's keywords (the others are the solver's)."""
+    return {k: v for k, v in kw.items() if k in ("lr", "sigma_floor")}
+
+
+def _error(objective: Objective, sigmas: torch.Tensor) -> float:
+    """The error of ``sigmas``, beyond the budget (a start the budget left no evaluation for)."""
+    budget, objective.budget = objective.budget, None
+    try:
+        return objective(lambda: sigmas)[0]
+    finally:
+        objective.budget = budget

@@ -24,7 +24,7 @@ __all__ = ["MAX_NFE", "MAX_STEPS", "MAX_PROBE_INTERVALS", "available_memory", "c
            "array_bytes"]
 
 #: Most network evaluations per sample a solver may be asked for: 12x the 8,191 NFE of the finest solve the
-#: project makes (4096 Heun steps, :func:`adasched.fitting.reference_solution`); 50k CIFAR-10 samples at
+#: project makes (4096 Heun steps, :func:`adasched.references.reference_solution`); 50k CIFAR-10 samples at
 #: 100,000 NFE are about 20 days on one H100 (design.md's 2,885 NFE img/s).
 MAX_NFE = 100_000
 #: Most steps of a schedule (every solver spends at least one evaluation per step, so NFE >= steps).

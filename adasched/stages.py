@@ -39,20 +39,21 @@ from adasched.dispatch import inputs_digest, partial_dir
 from adasched.errors import AdaschedError
 from adasched.fid import image_metrics
 from adasched.fitting import solver_aware_schedule
-from adasched.io import check_output, provenance, save_npz, sha256_file, write_json
+from adasched.io import atomic_path, check_output, provenance, save_npz, sha256_file, write_json
 from adasched.metrics import MetricsRecord, evaluate_samples
-from adasched.models import load_model
+from adasched.models import content_hash, load_model
 from adasched.optimize import score_optimal_schedule
 from adasched.probe import probe as probe_file
 from adasched.probe import check_model, probe_grid, read_probes
 from adasched.progress import Progress, report
+from adasched.references import check_reference, read_reference, solve_reference, write_reference
 from adasched.samplers import check_options, check_sample_memory, generate, nfe_for_steps, steps_for_nfe
 from adasched.schedules import CLOSED_FORM, SIGMA_MAX, SIGMA_MIN, Schedule
 from adasched.train import TrainConfig, learned_schedule, sample_model, save_grid
 from adasched.train import train as train_network
 
-__all__ = ["probe", "schedule", "sample", "evaluate", "train", "merge_samples", "bind", "STAGES", "METHODS",
-           "PROBED_METHODS", "DTYPES", "resolve_device"]
+__all__ = ["probe", "fit_reference", "schedule", "sample", "evaluate", "train", "merge_samples", "bind", "STAGES",
+           "METHODS", "PROBED_METHODS", "DTYPES", "FIT_BUDGET", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ METHODS = (*CLOSED_FORM, *PROBED_METHODS, "online")
 DTYPES = ("float64", "float32")
 #: First seed of the latents a solver-aware schedule is fitted on, far from the seeds samples are drawn with.
 FIT_SEED_START = 1_000_000
+#: The default budget of a solver-aware fit to a network, in network evaluations (forward plus backward, each
+#: latent's counted): on the digits model's fits from the closed-form starts it came within 3.4% (Heun, 11 NFE)
+#: and 1.0% (DPM-Solver++(2M), 10 NFE) of the converged error, in about 30 s of one CPU core (docs/benchmarks.md).
+#: Analytic targets are fitted without a bound (their evaluations are cheap).
+FIT_BUDGET = 50_000
 #: Arrays of a samples NPZ with one row per sample (concatenated when batches or seed ranges are joined): those
 #: :func:`adasched.samplers.generate` returns (``labels`` for a class-conditional model), and the seeds.
 _ARRAYS = ("samples", "latents", "labels")
@@ -108,8 +114,8 @@ def probe(*, model: str, output: PathLike, grid: int, samples: int | None = None
         raise AdaschedError("resume needs total_samples: a resumed probe tops its file up to a fixed number")
     device = resolve_device(device)
     net = load_model(model, device=device, trust=trust_pickle)
-    analytic = callable(getattr(net, "sample", None))
-    dtype = torch.float64 if analytic else torch.float32
+    dtype = _model_dtype(net)
+    analytic = dtype == torch.float64
     sampler = load_data_sampler(data or ("target" if analytic else "model"), net, device=device, dtype=dtype)
     sigmas = probe_grid(grid, sigma_min, sigma_max, spacing=spacing)
     meta = {"model": model, "model_sha256": getattr(net, "sha256", "") or "", "data": sampler.description}
@@ -129,23 +135,82 @@ def probe(*, model: str, output: PathLike, grid: int, samples: int | None = None
     return output
 
 
+# -------------------------------------------------------------------------------------------- fit-reference
+
+
+def fit_reference(*, model: str, output: PathLike, fit_seeds: int = 64, sigma_max: float = SIGMA_MAX,
+                  sigma_min: float | None = None, tol: float | None = None, max_steps: int = 4096, batch: int = 64,
+                  device: str = "auto", trust_pickle: bool = False, progress: Progress | None = None) -> Path:
+    """The model's own high-accuracy solves of the ``fit_seeds`` latents of seeds :data:`FIT_SEED_START` on,
+    from ``sigma_max`` to 0, into the HDF5 file ``output``: the targets every solver-aware schedule of this
+    model is fitted to (:func:`schedule` with ``reference``).
+
+    Heun's steps double until the Richardson estimate of the error is at most ``tol`` times the targets' RMS
+    (default :data:`adasched.references.REFERENCE_TOL`: 1e-4 in float32 for a network, 1e-7 in float64 for an
+    analytic target) or ``max_steps`` is reached; the solve stops at ``sigma_min`` (default the model's own)
+    before its jump to 0.  Each level's solve is kept in ``.<output name>.partial/``, so an interrupted call
+    resumes at the next level.
+    """
+    inputs = _inputs(locals())
+    output = Path(output)
+    check_output(output)
+    if fit_seeds < 1 or batch < 1:
+        raise AdaschedError(f"fit_seeds and batch must be positive integers, got {fit_seeds} and {batch}")
+    device = resolve_device(device)
+    net = load_model(model, device=device, trust=trust_pickle)
+    dtype = _model_dtype(net)
+    seeds = range(FIT_SEED_START, FIT_SEED_START + fit_seeds)
+    with _partial_work(output, "fit-reference", inputs) as work:
+        levels = {int(p.stem.split("-")[1]): torch.from_numpy(np.load(p, allow_pickle=False))
+                  for p in work.glob("level-*.npy")}
+        if levels:
+            log.info("fit-reference: resuming %s with the solves of %s steps", output, sorted(levels))
+
+        def keep(steps: int, fine: torch.Tensor) -> None:
+            path = work / f"level-{steps}.npy"
+            with atomic_path(path, suffix=".tmp.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, fine.numpy(), allow_pickle=False)
+
+        ref = solve_reference(net, net.shape, seeds, sigma_max, sigma_min=sigma_min, tol=tol, max_steps=max_steps,
+                              batch=batch, device=device, dtype=dtype, levels=levels, on_level=keep,
+                              progress=progress)
+        write_reference(output, ref, model=model, model_hash=content_hash(net))
+    shutil.rmtree(work, ignore_errors=True)
+    return output
+
+
+def _model_dtype(net) -> torch.dtype:
+    """What a model is probed and fitted in: float64 for an analytic target (it has ``sample``; cheap, and
+    compared exactly), float32 for a network."""
+    return torch.float64 if callable(getattr(net, "sample", None)) else torch.float32
+
+
 # ------------------------------------------------------------------------------------------------- schedule
 
 
 def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = None, steps: int | None = None,
              rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
              probes: PathLike | None = None, probes_po: PathLike | None = None, model: str | None = None,
-             fit_seeds: int = 64, fit_iterations: int = 200, solver_options: dict | None = None,
-             progress: Progress | None = None) -> Path:
+             reference: PathLike | None = None, warm_start: PathLike | None = None, fit_seeds: int = 64,
+             fit_iterations: int = 200, fit_budget: int | None = None, fit_batch: int | None = None,
+             device: str = "auto", solver_options: dict | None = None, progress: Progress | None = None) -> Path:
     """A schedule JSON for ``solver`` at ``nfe`` network evaluations (or ``steps`` steps) by ``method``.
 
     Closed forms (:data:`adasched.schedules.CLOSED_FORM`; ``rho`` for ``edm``) span ``[sigma_min, sigma_max]``,
     by default 0.002 to 80.  The probed methods (:data:`PROBED_METHODS`) read ``probes`` and span the probed
-    range unless a range is given; ``solver-aware`` then fits the schedule to ``model``'s own high-accuracy
-    solves of ``fit_seeds`` latents from seed :data:`FIT_SEED_START` on (``fit_iterations`` Adam steps per
-    start; ``probes_po``: the predictor-cost schedule as one more start).  ``online`` reads out the schedule
-    learned while training ``model`` (``adasched:PATH``).  ``solver_options`` are the solver's keyword
-    options; they change its NFE (``pc-langevin``) and are recorded in the schedule.
+    range unless a range is given.  ``online`` reads out the schedule learned while training ``model``
+    (``adasched:PATH``).  ``solver_options`` are the solver's keyword options; they change its NFE
+    (``pc-langevin``) and are recorded in the schedule.
+
+    ``solver-aware`` fits the score-optimal schedule to ``model``'s own high-accuracy solves of ``fit_seeds``
+    latents from seed :data:`FIT_SEED_START` on (:func:`adasched.fitting.solver_aware_schedule`): those of the
+    file ``reference`` (made by :func:`fit_reference` for this model, seeds and ``sigma_max``) or, without one,
+    solved here.  More starts: ``probes_po`` (the predictor-cost schedule) and ``warm_start`` (a solver-aware
+    schedule of this model at another NFE, resampled; then the closed-form starts are skipped).  The fit
+    spends at most ``fit_budget`` network evaluations, forward plus backward (default :data:`FIT_BUDGET` for a
+    network, no bound for an analytic target), at most ``fit_iterations`` Adam steps per start; the model
+    runs on ``device`` (float32 for a network, float64 for an analytic target), ``fit_batch`` latents at a
+    time (default all).  What it spent is recorded in the schedule (``params.fit_cost``).
     """
     output = Path(output)
     check_output(output)
@@ -155,9 +220,10 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
     if (nfe is None) == (steps is None):
         raise AdaschedError("give exactly one of nfe or steps")
     if method in PROBED_METHODS:
+        fit = dict(model=model, reference=reference, warm_start=warm_start, fit_seeds=fit_seeds,
+                   fit_iterations=fit_iterations, fit_budget=fit_budget, fit_batch=fit_batch, device=device)
         made = _probed_schedule(method, solver, nfe=nfe, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                                probes=probes, probes_po=probes_po, model=model, fit_seeds=fit_seeds,
-                                fit_iterations=fit_iterations, opts=opts, progress=progress)
+                                probes=probes, probes_po=probes_po, opts=opts, progress=progress, **fit)
         made.save(output)
         return output
     steps = steps if steps is not None else steps_for_nfe(solver, nfe, **opts)
@@ -180,8 +246,8 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
     return output
 
 
-def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes, probes_po, model, fit_seeds,
-                     fit_iterations, opts, progress) -> Schedule:
+def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes, probes_po, model, reference,
+                     warm_start, fit_seeds, fit_iterations, fit_budget, fit_batch, device, opts, progress) -> Schedule:
     if not probes:
         raise AdaschedError(f"method {method} needs --probes FILE.h5 (made by 'adasched probe')")
     if method == "solver-aware" and not model:
@@ -195,20 +261,39 @@ def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes
                                   **given)
     if method != "solver-aware":
         return base
-    net = load_model(model, device="cpu", trust=False)
+    if fit_seeds < 1 or (fit_batch is not None and fit_batch < 1) or (fit_budget is not None and fit_budget < 1):
+        raise AdaschedError(f"fit_seeds, fit_batch and fit_budget must be positive integers, got {fit_seeds}, "
+                            f"{fit_batch} and {fit_budget}")
+    device = resolve_device(device)
+    net = load_model(model, device=device, trust=False)
     check_model(probes, net, model)  # the probes must be this model's (by content, not by SPEC)
+    dtype = _model_dtype(net)
     seeds = list(range(FIT_SEED_START, FIT_SEED_START + fit_seeds))
     extra = []
     if probes_po:
         if check_model(probes_po, net, model).cost != "predictor":
             raise AdaschedError(f"--probes-po {probes_po} does not hold the 'predictor' cost")
         extra.append(score_optimal_schedule(probes_po, solver, steps=base.steps, **given).sigmas)
-    sigmas = solver_aware_schedule(net, net.shape, solver, base.sigmas, seeds, candidates=extra,
-                                   iterations=fit_iterations, progress=progress, **opts)
+    targets = None
+    if reference:
+        targets = read_reference(reference)
+        check_reference(targets, net, model, seeds=seeds, sigma_max=float(base.sigmas[0]), shape=net.shape)
+    warm = None
+    if warm_start:
+        warm = Schedule.load(warm_start)
+        if warm.method != "solver-aware" or warm.params.get("model") != model:
+            raise AdaschedError(f"--warm-start {warm_start} is a {warm.method} schedule of model "
+                                f"{warm.params.get('model')!r}; it must be a solver-aware schedule of {model!r}")
+    budget = fit_budget if fit_budget is not None or dtype == torch.float64 else FIT_BUDGET
+    fit = solver_aware_schedule(net, net.shape, solver, base.sigmas, seeds, reference=targets, candidates=extra,
+                                warm_start=None if warm is None else warm.sigmas, iterations=fit_iterations,
+                                budget=budget, chunk=fit_batch, device=device, dtype=dtype, progress=progress, **opts)
     params = dict(base.params, model=model, fit_seeds=[seeds[0], seeds[-1] + 1], fit_iterations=fit_iterations,
-                  initial_sigmas=[float(v) for v in base.sigmas])
+                  initial_sigmas=[float(v) for v in base.sigmas], fit_error=fit.error, fit_start_error=fit.start_error,
+                  fit_cost=fit.cost, reference=None if reference is None else os.fspath(reference),
+                  reference_error=fit.reference_error, warm_start=None if warm is None else os.fspath(warm_start))
     params.pop("sigma_std", None)
-    return Schedule(sigmas, method=method, solver=solver, nfe=base.nfe, params=params, provenance=base.provenance)
+    return Schedule(fit.sigmas, method=method, solver=solver, nfe=base.nfe, params=params, provenance=base.provenance)
 
 
 # --------------------------------------------------------------------------------------------------- sample
@@ -409,8 +494,8 @@ def train(*, output: PathLike, config: TrainConfig | None = None, checkpoint: Pa
 # ---------------------------------------------------------------------------------------------- the options
 
 #: The stages by name, as the CLI's subcommands and the workflow's rules call them.
-STAGES: dict[str, Callable[..., Path]] = {"probe": probe, "schedule": schedule, "sample": sample,
-                                          "evaluate": evaluate, "train": train}
+STAGES: dict[str, Callable[..., Path]] = {"probe": probe, "fit-reference": fit_reference, "schedule": schedule,
+                                          "sample": sample, "evaluate": evaluate, "train": train}
 
 
 def bind(stage: str, options: dict, *, partial: bool = False) -> dict:

@@ -57,7 +57,7 @@ def main():
         for n in args.fit_seeds:
             t0 = time.process_time()
             s = solver_aware_schedule(target, target.shape, solver, pool["score-optimal"], list(range(n)),
-                                      candidates=[pool["score-optimal-po"]], iterations=args.iterations)
+                                      candidates=[pool["score-optimal-po"]], iterations=args.iterations).sigmas
             fitted.append(s)
             cells.append(f"{rmse(fn(target, x, s), exact):.3g} ({time.process_time() - t0:.0f})")
         oracle = oracle_schedule(target, solver, steps, seeds, init_sigmas=min(

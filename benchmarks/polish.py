@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import SEEDS, make_targets, probe_files, start_points, unfitted_schedules  # noqa: E402
 
-from adasched.fitting import oracle_schedule, reference_solution, solver_aware_schedule  # noqa: E402
+from adasched.fitting import oracle_schedule, solver_aware_schedule  # noqa: E402
+from adasched.references import reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
 from adasched.samplers import SOLVERS, latents, steps_for_nfe  # noqa: E402
 
@@ -52,7 +53,7 @@ def main():
         for polish in (False, True):
             t0 = time.process_time()
             s = solver_aware_schedule(target, target.shape, solver, pool["score-optimal"], fit_seeds,
-                                      reference=fit_ref, candidates=[pool["score-optimal-po"]], polish=polish)
+                                      reference=fit_ref, candidates=[pool["score-optimal-po"]], polish=polish).sigmas
             err[polish], secs[polish] = rmse(fn(target, x, s), exact), time.process_time() - t0
         oracle = oracle_schedule(target, solver, steps, seeds, init_sigmas=s, candidates=list(pool.values()),
                                  exact=exact, starts=1)

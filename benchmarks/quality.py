@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from adasched.fitting import oracle_schedule, reference_solution, solver_aware_schedule
+from adasched.fitting import oracle_schedule, solver_aware_schedule
+from adasched.references import reference_solution
 from adasched.metrics import rmse
 from adasched.optimize import score_optimal_from_probes
 from adasched.probe import probe, probe_grid, target_sampler
@@ -220,7 +221,7 @@ def main():
         co, po = probe_files(target, name, tmp)
         seeds = list(range(1000, 1000 + (args.eval_seeds or SEEDS[name][0])))
         fit_seeds = list(range(args.fit_seeds or SEEDS[name][1]))
-        # The model's own accurate solve of the fit latents, the same in every cell (fitting.reference_solution).
+        # The model's own accurate solve of the fit latents, the same in every cell (references.reference_solution).
         fit_ref = reference_solution(target, latents(fit_seeds, target.shape).double() * 80.0, 80.0)
         print(f"\n## {name} (probes and reference {time.time() - t0:.0f} s; evaluation seeds {seeds[0]}..{seeds[-1]}, "
               f"fit seeds {fit_seeds[0]}..{fit_seeds[-1]})")
@@ -233,7 +234,7 @@ def main():
             # Fitted to the model's own extrapolated Heun solves on the fit seeds, never to the exact solution.
             sched["solver-aware"] = solver_aware_schedule(
                 target, target.shape, solver, sched["score-optimal"], fit_seeds,
-                reference=fit_ref, candidates=[sched["score-optimal-po"]], iterations=args.iterations)
+                reference=fit_ref, candidates=[sched["score-optimal-po"]], iterations=args.iterations).sigmas
             # One refinement, from the best schedule of the row on the evaluation latents: never worse than any.
             sched["oracle"] = oracle_schedule(target, solver, steps, seeds, init_sigmas=sched[RECOMMENDED],
                                               candidates=list(sched.values()), exact=exact, starts=1,

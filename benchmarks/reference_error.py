@@ -1,6 +1,6 @@
-"""How exact is the model's own reference solve?  RMSE of fitting.reference_solution against the exact ODE solution.
+"""How exact is the model's own reference solve?  RMSE of references.reference_solution against the exact ODE solution.
 
-The solver-aware schedule is fitted to the model's own high-NFE solve (adasched.fitting.reference_solution);
+The solver-aware schedule is fitted to the model's own high-NFE solve (adasched.references.reference_solution);
 where a schedule's error is as small as the reference's, the fit chases the reference's error.  For each analytic
 target of quality.py, Heun on EDM's rho = 7 schedule with ``steps`` steps down to ``sigma_min``, then the jump to
 0, alone and Richardson-extrapolated with the solve on half the steps (what reference_solution returns).
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import make_targets  # noqa: E402
 
-from adasched.fitting import reference_solution  # noqa: E402
+from adasched.references import reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
 from adasched.samplers import SOLVERS, latents  # noqa: E402
 from adasched.schedules import sigmas_edm  # noqa: E402

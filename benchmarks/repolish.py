@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import (SEEDS, SCHEDULES, by_cell, make_targets, read_rows, row_line, schedule_row,  # noqa: E402
                      start_points, summary, write_csv)
 
-from adasched.fitting import fit_schedule, reference_solution  # noqa: E402
+from adasched.fitting import fit_schedule  # noqa: E402
+from adasched.references import reference_solution  # noqa: E402
 from adasched.metrics import rmse  # noqa: E402
 from adasched.samplers import SOLVERS, latents  # noqa: E402
 

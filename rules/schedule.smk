@@ -2,9 +2,10 @@
 
 
 rule schedule:
-    """Closed forms need nothing; score-optimal methods read a probe file, solver-aware also the model."""
+    """Closed forms need nothing; score-optimal methods read a probe file; solver-aware also the model, its
+    reference solves and, as a warm start, its solver-aware schedule at the next lower NFE of the sweep."""
     input:
-        unpack(lambda w: SWEEP.schedule_inputs(w.model, w.method)),
+        unpack(lambda w: SWEEP.schedule_inputs(w.model, w.method, w.solver, w.nfe)),
     output:
         SWEEP.pattern("schedules"),
     log:
@@ -15,4 +16,5 @@ rule schedule:
         version=VERSION,
     run:
         run_stage("schedule", log[0], config, in_thread=params.in_thread, method=wildcards.method, nfe=wildcards.nfe,
-                  solver=wildcards.solver, probes=input.get("probes"), output=output[0], **params.options)
+                  solver=wildcards.solver, probes=input.get("probes"), reference=input.get("reference"),
+                  warm_start=input.get("warm_start"), output=output[0], **params.options)

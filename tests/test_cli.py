@@ -210,6 +210,28 @@ def test_solver_aware_schedule_beats_its_start(tmp_path, capsys, mixture):
     assert fitted < start
 
 
+def test_solver_aware_schedule_fits_a_stored_reference_and_records_its_cost(tmp_path, capsys, mixture):
+    """`adasched fit-reference` solves the fit latents once; `schedule --reference` fits to them, records what
+    the fit spent, and refuses the solves of other latents in one line."""
+    h5, ref, out = tmp_path / "p.h5", tmp_path / "ref.h5", tmp_path / "sa.json"
+    spec = f"gmm:{mixture}"
+    assert run(["probe", "--model", spec, "--grid", 40, "--samples", 32, "-o", h5], capsys)[0] == 0
+    assert run(["fit-reference", "--model", spec, "--fit-seeds", 16, "-o", ref], capsys) == (0, "")
+    rc, err = run(["schedule", "--method", "solver-aware", "--probes", h5, "--model", spec, "--reference", ref,
+                   "--solver", "euler", "--nfe", 5, "--fit-seeds", 16, "--fit-iterations", 20,
+                   "--fit-budget", 20000, "-o", out], capsys)
+    assert rc == 0, err
+    s = Schedule.load(out)
+    cost = s.params["fit_cost"]
+    assert cost["budget"] == 20000 and 0 < cost["forward"] + cost["backward"] <= 20000
+    assert s.params["reference"] == str(ref) and 0 < s.params["reference_error"] < 1e-6
+    assert s.params["fit_error"] < s.params["fit_start_error"]
+    rc, err = run(["schedule", "--method", "solver-aware", "--probes", h5, "--model", spec, "--reference", ref,
+                   "--solver", "euler", "--nfe", 5, "--fit-seeds", 8, "-o", tmp_path / "other.json"], capsys)
+    assert rc == 1 and err.count("\n") == 1 and "use the same --fit-seeds" in err
+    assert not (tmp_path / "other.json").exists()
+
+
 def test_evaluate_writes_metrics_with_provenance(tmp_path, capsys, mixture):
     sched, lo, hi = tmp_path / "s.json", tmp_path / "lo.npz", tmp_path / "hi.npz"
     assert run(["schedule", "--method", "edm", "--solver", "heun", "--steps", 4, "-o", sched], capsys)[0] == 0

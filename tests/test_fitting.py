@@ -9,7 +9,7 @@ import scipy.optimize
 import torch
 
 from adasched.errors import AdaschedError
-from adasched.fitting import fit_schedule, oracle_schedule, solver_aware_schedule
+from adasched.fitting import candidate_schedules, fit_schedule, oracle_schedule, solver_aware_schedule
 from adasched.samplers import SOLVERS, latents, steps_for_nfe
 from adasched.schedules import sigmas_edm, sigmas_kl_optimal, sigmas_loglinear
 from adasched.targets import GaussianMixture
@@ -79,56 +79,9 @@ def test_solver_aware_against_the_exact_solution_is_the_oracle():
     """One search, two references: the model's own high-NFE solve, or (oracle) the exact solution."""
     steps, seeds = steps_for_nfe("euler", 5), list(range(16))
     init = sigmas_edm(steps)
-    exact = solver_aware_schedule(MIX, (2,), "euler", init, seeds, iterations=20,
-                                  reference=lambda x, smax: MIX.ode_solution(x, smax, 0.0))
+    solutions = MIX.ode_solution(latents(seeds, (2,)).double() * 80.0, 80.0, 0.0)
+    exact = solver_aware_schedule(MIX, (2,), "euler", init, seeds, iterations=20, reference=solutions).sigmas
     torch.testing.assert_close(exact, oracle_schedule(MIX, "euler", steps, seeds, iterations=20), rtol=0, atol=0)
-
-
-def test_reference_solution_stops_at_the_models_floor():
-    from adasched.fitting import REFERENCE_FLOOR, reference_solution
-    from adasched.targets import PowerLawGaussian
-
-    pl = PowerLawGaussian((1, 8, 8), alpha=2.0).in_eigenbasis()  # sigma_min 0: exact at every sigma
-    x = latents(range(4), pl.shape).double() * 80.0
-    exact = pl.ode_solution(x, 80.0, 0.0)
-    err = (reference_solution(pl, x, 80.0) - exact).pow(2).mean().sqrt()
-    coarse = (reference_solution(pl, x, 80.0, sigma_min=0.002) - exact).pow(2).mean().sqrt()
-    assert err < 1e-7 and coarse > 1e-5
-
-    seen = []
-
-    class Net:  # a trained network: untrained below its sigma_min, which the reference must respect
-        sigma_min = 0.01
-
-        def __call__(self, x, sigma):
-            seen.append(float(sigma.min()))
-            return pl(x, sigma)
-
-    reference_solution(Net(), x, 80.0, steps=16)
-    assert min(seen) == pytest.approx(0.01) and 0 < REFERENCE_FLOOR < 0.01
-
-
-def test_reference_solution_is_richardson_extrapolated_heun():
-    """Heun's global error is O(h^2): combining the solves on N and N/2 steps of the same schedule cancels
-    that term, so the reference is far more accurate than the finer solve alone (exact truth: a Gaussian's
-    closed-form ODE solution)."""
-    from adasched.fitting import REFERENCE_FLOOR, reference_solution
-    from adasched.targets import PowerLawGaussian
-
-    pl = PowerLawGaussian((1, 8, 8), alpha=2.0).in_eigenbasis()
-    x = latents(range(4), pl.shape).double() * 80.0
-    exact = pl.ode_solution(x, 80.0, 0.0)
-
-    def rms(a):
-        return float((a - exact).pow(2).mean().sqrt())
-
-    alone = {n: rms(SOLVERS["heun"].fn(pl, x, sigmas_edm(n, REFERENCE_FLOOR, 80.0))) for n in (128, 256)}
-    extrapolated = {n: rms(reference_solution(pl, x, 80.0, steps=n)) for n in (128, 256)}
-    assert alone[256] > alone[128] / 5  # second order: halving the step quarters the error
-    assert extrapolated[256] < extrapolated[128] / 6  # third order: an eighth
-    assert extrapolated[256] < 0.05 * alone[256]
-    with pytest.raises(AdaschedError, match="even"):
-        reference_solution(pl, x, 80.0, steps=15)
 
 
 def test_lbfgs_restarts_from_its_best_point_until_it_stops_gaining(monkeypatch):
@@ -237,7 +190,7 @@ def test_solver_aware_schedule_of_a_conditional_model_fits_the_classes_generate_
     model = ConditionalGaussians([[-2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], c=0.3)
     steps, seeds = steps_for_nfe("euler", 5), list(range(1000, 1032))
     init = sigmas_edm(steps)
-    fitted = solver_aware_schedule(model, model.shape, "euler", init, seeds, iterations=20)
+    fitted = solver_aware_schedule(model, model.shape, "euler", init, seeds, iterations=20).sigmas
 
     def error(s):  # against the exact solution of each sample's class: mu + (x_T - mu) c / sqrt(c^2 + 80^2)
         out = generate(model, s, "euler", seeds, model.shape)
@@ -246,3 +199,74 @@ def test_solver_aware_schedule_of_a_conditional_model_fits_the_classes_generate_
         return float((out["samples"].double() - exact).pow(2).mean().sqrt())
 
     assert error(fitted) < 0.5 * error(init)
+
+
+def test_objective_in_chunks_is_the_whole_objective_and_counts_its_evaluations():
+    """Gradients accumulated over chunks of latents are the gradient over all of them (float64, up to the
+    order of summation), and every network evaluation, forward and backward, is counted per latent."""
+    from adasched.fitting import Objective, _from_params, _to_params
+
+    seeds = list(range(10))
+    x = latents(seeds, (2,)).double() * 80.0
+    target = MIX.ode_solution(x, 80.0, 0.0)
+    init = sigmas_edm(steps_for_nfe("heun", 7))
+    results = []
+    for chunk in (10, 3):
+        parts = [(MIX, x[lo:lo + chunk], target[lo:lo + chunk], seeds[lo:lo + chunk]) for lo in range(0, 10, chunk)]
+        objective = Objective(parts, "heun")
+        theta = _to_params(init, 1e-4)
+        value, sigmas = objective(lambda: _from_params(theta, 80.0, 1e-4), gradient=True)
+        assert (objective.forward, objective.backward) == (7 * 10, 7 * 10)  # NFE 7 for each of 10 latents
+        objective(lambda: sigmas)
+        assert (objective.forward, objective.backward) == (2 * 7 * 10, 7 * 10)  # no gradient: forward only
+        results.append((value, theta.grad.clone()))
+    (v1, g1), (v2, g2) = results
+    assert v1 == pytest.approx(_error("heun", init, x, target), rel=1e-12)
+    assert v2 == pytest.approx(v1, rel=1e-12)
+    torch.testing.assert_close(g2, g1, rtol=1e-10, atol=0)
+
+
+def test_solver_aware_fit_keeps_to_its_budget_and_says_what_it_spent():
+    steps, seeds = steps_for_nfe("dpmpp-2m", 6), list(range(200, 216))
+    x = latents(seeds, (2,)).double() * 80.0
+    exact = MIX.ode_solution(x, 80.0, 0.0)
+    init = sigmas_edm(steps)
+    one_solve = 6 * len(seeds)
+    fit = solver_aware_schedule(MIX, (2,), "dpmpp-2m", init, seeds, reference=exact, budget=200 * one_solve)
+    assert fit.cost["forward"] + fit.cost["backward"] <= 200 * one_solve == fit.cost["budget"]
+    assert fit.cost["backward"] > 0 and fit.cost["seconds"] >= 0
+    assert fit.error == pytest.approx(_error("dpmpp-2m", fit.sigmas, x, exact), rel=1e-12)
+    assert fit.error < 0.5 * fit.start_error <= _error("dpmpp-2m", init, x, exact)
+    assert fit.reference_error is None  # targets given as a tensor: no estimate
+    unbounded = solver_aware_schedule(MIX, (2,), "dpmpp-2m", init, seeds, reference=exact)
+    assert unbounded.cost["forward"] > fit.cost["forward"] and unbounded.error <= fit.error * (1 + 1e-9)
+    with pytest.raises(AdaschedError, match="does not pay for one solve of 16 latents at 6 NFE"):
+        solver_aware_schedule(MIX, (2,), "dpmpp-2m", init, seeds, reference=exact, budget=one_solve - 1)
+
+
+def test_a_warm_start_replaces_the_closed_form_starts():
+    """A schedule fitted at another NFE, resampled, is a start; the closed-form family is then not scored."""
+    seeds = list(range(300, 316))
+    x = latents(seeds, (2,)).double() * 80.0
+    exact = MIX.ode_solution(x, 80.0, 0.0)
+    low = solver_aware_schedule(MIX, (2,), "euler", sigmas_edm(6), seeds, reference=exact, iterations=40)
+    init = sigmas_edm(8)
+    cold = solver_aware_schedule(MIX, (2,), "euler", init, seeds, reference=exact, iterations=0, polish=False)
+    warm = solver_aware_schedule(MIX, (2,), "euler", init, seeds, reference=exact, warm_start=low.sigmas,
+                                 iterations=0, polish=False)
+    solve = 8 * len(seeds)
+    assert warm.cost["forward"] == (2 + 2) * solve  # scored: the warm start and init; each "refined" once
+    assert cold.cost["forward"] == (1 + len(candidate_schedules(8, 0.002, 80.0)) + 3) * solve
+    assert warm.start_error < _error("euler", init, x, exact)
+
+
+def test_solver_aware_fit_in_float32():
+    """A network's fit runs in float32 (the model's dtype); the schedule stays float64 and valid."""
+    seeds = list(range(400, 416))
+    x = latents(seeds, (2,)).double() * 80.0
+    exact = MIX.ode_solution(x, 80.0, 0.0)
+    init = sigmas_edm(steps_for_nfe("heun", 7))
+    fit = solver_aware_schedule(MIX, (2,), "heun", init, seeds, reference=exact.float(), dtype=torch.float32,
+                                iterations=30, chunk=5)
+    assert fit.sigmas.dtype == torch.float64 and fit.sigmas[0] == 80.0 and fit.sigmas[-1] == 0
+    assert _error("heun", fit.sigmas, x, exact) < 0.5 * _error("heun", init, x, exact)

@@ -178,3 +178,37 @@ def test_resumed_sample_records_counted_nfe(tmp_path, monkeypatch, solver, optio
     assert first % batch == 0 and rest % (num - batch) == 0
     assert nfe == first // batch == rest // (num - batch) == formula(steps)
     assert nfe == (first + rest) / num
+
+
+def test_interrupted_fit_reference_resumes_at_its_next_level(tmp_path):
+    """The levels a killed `fit-reference` finished stay in its work folder; the rerun solves only the rest and
+    writes the file an uninterrupted run writes."""
+    from adasched.references import read_reference
+
+    model = f"gmm:{_wide_mixture(tmp_path / 'mix.json')}"
+    whole = stages.fit_reference(model=model, output=tmp_path / "whole.h5", fit_seeds=6, device="cpu")
+    steps = read_reference(whole).steps
+    assert steps >= 128
+    out = tmp_path / "ref.h5"
+
+    def stop_in_the_last_level(task, done, total):
+        if done > total - steps // 2:  # inside the finest level, all others kept
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        stages.fit_reference(model=model, output=out, fit_seeds=6, device="cpu", max_steps=steps,
+                             progress=stop_in_the_last_level)
+    assert not out.exists()
+    kept = sorted(int(p.stem.split("-")[1]) for p in partial_dir(out).glob("level-*.npy"))
+    assert kept == [32 * 2**k for k in range(len(kept))] and kept[-1] == steps // 2
+    seen = []
+    stages.fit_reference(model=model, output=out, fit_seeds=6, device="cpu", max_steps=steps,
+                         progress=lambda task, done, total: seen.append(done))
+    assert min(seen) > total_before(steps) and not partial_dir(out).exists()
+    a, b = read_reference(whole), read_reference(out)
+    assert np.array_equal(a.target.numpy(), b.target.numpy()) and a.history == b.history
+
+
+def total_before(steps: int) -> int:
+    """Steps of the levels below ``steps`` (32, 64, ...): what a resumed solve does not report again."""
+    return sum(32 * 2**k for k in range(steps.bit_length()) if 32 * 2**k < steps)

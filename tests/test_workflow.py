@@ -257,10 +257,16 @@ def test_sweep_cells_paths_and_params():
     assert sweep.log_pattern("metrics") == "results/logs/{model}/metrics/{method}/{solver}-nfe{nfe}.log"
     assert parse_cell(sweep.path("metrics", "mix2d", "edm", "heun", 5)) == \
         {"model": "mix2d", "method": "edm", "solver": "heun", "nfe": 5}
-    assert sweep.schedule_inputs("mix2d", "edm") == {}
-    assert sweep.schedule_inputs("mix2d", "score-optimal-po") == {"probes": "results/mix2d/probes-po.h5"}
-    assert sweep.schedule_inputs("mix2d", "solver-aware") == {"probes": "results/mix2d/probes.h5",
-                                                              "model": "results/mix2d/model.json"}
+    assert sweep.schedule_inputs("mix2d", "edm", "euler", 3) == {}
+    assert sweep.schedule_inputs("mix2d", "score-optimal-po", "euler", 3) == {"probes": "results/mix2d/probes-po.h5"}
+    solver_aware = {"probes": "results/mix2d/probes.h5", "model": "results/mix2d/model.json",
+                    "reference": "results/mix2d/fit-reference.h5"}
+    # the lowest NFE of a solver starts from scratch; each higher one from the solver-aware schedule below it
+    assert sweep.schedule_inputs("mix2d", "solver-aware", "euler", "3") == solver_aware
+    assert sweep.schedule_inputs("mix2d", "solver-aware", "euler", "5") == \
+        {**solver_aware, "warm_start": "results/mix2d/schedules/solver-aware/euler-nfe3.json"}
+    assert sweep.reference_options("mix2d") == {"model": "gmm:results/mix2d/model.json", "fit_seeds": 64,
+                                                "sigma_max": 80.0, "device": "auto"}
     assert sweep.probes_needed("mix2d") == ["results/mix2d/probes.h5"]
     assert sweep.evaluate_inputs("mix2d") == {"model": "results/mix2d/model.json"}
     assert sweep.report_cell("mix2d") == ("euler", 3)
@@ -329,6 +335,7 @@ def _expected_plan(config: dict) -> dict[str, int]:
     return {"model_json": len(analytic), "train": len(trained), "classifier": min(1, len(trained)),
             "probe_corrector": len(sweep.models),
             "probe_predictor": sum(len(sweep.probes_needed(m)) - 1 for m in sweep.models),
+            "fit_reference": sum("solver-aware" in sweep.methods(m) for m in sweep.models),
             "schedule": cells + len(references), "sample": cells + len(references), "evaluate": cells,
             "summary": 1, "report": 1, "all": 1, **{f"plot_{p}": len(sweep.models) for p in PLOTS}}
 

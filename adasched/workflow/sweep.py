@@ -11,6 +11,7 @@ File layout under ``results`` (``design.md``, "Data flow"); :data:`CELL` is the 
 
     <model>/model.json | model.safetensors                analytic target definition | trained network
     <model>/probes.h5, <model>/probes-po.h5               corrector / predictor cost probes
+    <model>/fit-reference.h5                              the model's solves its solver-aware schedules fit
     <model>/schedules/<method>/<solver>-nfe<N>.json       schedule JSON
     <model>/samples/<method>/<solver>-nfe<N>.npz          samples NPZ
     <model>/metrics/<method>/<solver>-nfe<N>.json         metrics JSON
@@ -55,6 +56,8 @@ KINDS = ANALYTIC_KINDS + ("edm", "trained-digits")
 #: The probe file of each cost, and the one each probed method reads (the predictor cost for ``-po``).
 PROBE_FILES = {"corrector": "probes.h5", "predictor": "probes-po.h5"}
 PROBES = {method: PROBE_FILES[cost] for method, cost in PROBED_METHODS.items()}
+#: A model's reference solves of the fit latents (:func:`adasched.stages.fit_reference`), read by solver-aware cells.
+REFERENCE_FILE = "fit-reference.h5"
 #: Figures per model: ``plots/<model>-<name>.png``.
 PLOTS = ("quality", "schedules", "lambda", "samples")
 #: The one pattern of a cell's file (stage ``schedules``, ``samples`` or ``metrics``), relative to ``results``.
@@ -66,7 +69,7 @@ _CELL = re.compile(re.escape(CELL).replace(r"\{model\}", "(?P<model>[^/]+)")
                    .replace(r"\{nfe\}", r"(?P<nfe>\d+)").replace(r"\{ext\}", "(?:json|npz)") + "$")
 #: Stages that run in a process of their own even where dispatch says local: long, Python-bound work that
 #: would hold Snakemake's interpreter lock against every other job (see :func:`adasched.workflow.run_stage`).
-_OWN_PROCESS = ("probe", "train")
+_OWN_PROCESS = ("probe", "fit-reference", "train")
 
 
 def validate_config(config: dict, schema: str | Path) -> None:
@@ -175,6 +178,8 @@ class Sweep:
         for model in self.models:
             for cost in self.probe_costs(model):
                 self._bind("probe", self.probe_options(model, cost), f"probe (models.{model})")
+            if "solver-aware" in self.methods(model):
+                self._bind("fit-reference", self.reference_options(model), f"fit-reference (models.{model})")
             for method in self.methods(model):
                 for solver in self.solvers(model):
                     self._bind("schedule", self.schedule_options(model, method, solver),
@@ -220,7 +225,7 @@ class Sweep:
 
     def in_thread(self, stage: str, method: str | None = None) -> bool:
         """Whether a local job of ``stage`` may run in a thread of the Snakemake process: not the long,
-        Python-bound ones (probe, train, the solver-aware fit), which get a process of their own."""
+        Python-bound ones (probe, fit-reference, train, the solver-aware fit), which get a process of their own."""
         return stage not in _OWN_PROCESS and not (stage == "schedule" and method == "solver-aware")
 
     def metric_files(self, model: str | None = None) -> list[str]:
@@ -357,12 +362,33 @@ class Sweep:
 
     # ----------------------------------------------------------------------------------------- schedule
 
-    def schedule_inputs(self, model: str, method: str) -> dict[str, str]:
+    def reference_file(self, model: str) -> str:
+        """The model's own solves of the fit latents, which its solver-aware schedules are fitted to."""
+        return f"{self.results}/{model}/{REFERENCE_FILE}"
+
+    def reference_options(self, model: str) -> dict:
+        """:func:`adasched.stages.fit_reference` options of ``model``: the fit latents and range of its schedules."""
+        s = self.config["schedule"]
+        fit = s["solver_aware"]
+        opts = {"model": self.spec(model), "fit_seeds": fit["fit_seeds"], "sigma_max": s["sigma_max"],
+                "device": fit["device"], **fit["reference"]}
+        if self.kind(model) == "edm" and self.trust_pickle(model):
+            opts["trust_pickle"] = True
+        return opts
+
+    def schedule_inputs(self, model: str, method: str, solver: str, nfe: int | str) -> dict[str, str]:
+        """Files a schedule reads: probes; for solver-aware the model, its reference solves and the solver-aware
+        schedule of the next lower NFE this model sweeps for ``solver`` (a warm start), if any."""
         out = {}
         if method in PROBES:
             out["probes"] = f"{self.results}/{model}/{PROBES[method]}"
         if method in ("solver-aware", "online"):
             out["model"] = self.model_file(model)[0]
+        if method == "solver-aware":
+            out["reference"] = self.reference_file(model)
+            lower = [n for n in self.solvers(model).get(solver, []) if n < int(nfe)]
+            if lower:
+                out["warm_start"] = self.path("schedules", model, method, solver, max(lower))
         return out
 
     def solver_options(self, solver: str) -> dict:
@@ -379,8 +405,9 @@ class Sweep:
         if method == "edm":
             opts["rho"] = s["rho"]
         if method == "solver-aware":
-            opts.update(model=self.spec(model), fit_seeds=s["solver_aware"]["fit_seeds"],
-                        fit_iterations=s["solver_aware"]["fit_iterations"])
+            fit = s["solver_aware"]
+            opts.update(model=self.spec(model), device=fit["device"],
+                        **{k: fit[k] for k in ("fit_seeds", "fit_iterations", "fit_budget", "fit_batch") if k in fit})
         return opts
 
     # ------------------------------------------------------------------------------------------- sample
