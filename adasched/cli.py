@@ -149,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "start (the closed-form starts are then skipped)")
     p.add_argument("--fit-budget", type=_positive_int,
                    help="solver-aware: network evaluations (forward plus backward, per latent) the fit may spend "
-                        f"(default {stages.FIT_BUDGET} for a network, no bound for an analytic model)")
+                        f"(default {stages.FIT_BUDGET} for a network, {stages.ANALYTIC_FIT_BUDGET} for an analytic "
+                        "model)")
     p.add_argument("--fit-batch", type=_positive_int,
                    help="solver-aware: fit latents per network call, gradients accumulated (default all)")
     _add_device(p, d)
+    _add_trust(p)
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write")
     _add_solver_options(p, nfe_only=True)
 

@@ -35,7 +35,7 @@ from adasched.references import Reference, solve_reference
 from adasched.samplers import PerSampleGenerator, get_solver, latents, with_drawn_labels
 from adasched.schedules import resample, sigmas_edm, sigmas_kl_optimal, sigmas_loglinear, validate_sigmas
 
-__all__ = ["ADAM_SHARE", "OPTIMIZERS", "BudgetSpent", "Fit", "Objective", "candidate_schedules", "fit_schedule",
+__all__ = ["ADAM_SHARE", "SCORE_SHARE", "OPTIMIZERS", "BudgetSpent", "Fit", "Objective", "candidate_schedules", "fit_schedule",
            "hessian", "oracle_schedule", "refine", "solver_aware_schedule"]
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,9 @@ class Fit:
     cost: dict = field(default_factory=dict)
 
 
+#: Most of a budget that scoring the starts may take (:func:`solver_aware_schedule`): the first starts in its
+#: order (the warm start, ``init_sigmas``, the given candidates, the closed forms) that this share pays for.
+SCORE_SHARE = 0.25
 #: Share of a budget left after scoring the starts that their Adam refinement gets (split between the starts);
 #: the L-BFGS polish gets the rest (:func:`solver_aware_schedule`).
 ADAM_SHARE = 0.5
@@ -372,7 +375,7 @@ ADAM_SHARE = 0.5
 def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigmas, probe_seeds: Sequence[int],
                           reference: Reference | torch.Tensor | None = None, candidates: Sequence | None = None,
                           warm_start=None, starts: int = 3, iterations: int = 200, polish: bool = True,
-                          budget: int | None = None, whitened_rounds: int | None = None, chunk: int | None = None,
+                          budget: int | None = None, whitened_rounds: int = WHITENED_ROUNDS, chunk: int | None = None,
                           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
                           progress: Progress | None = None, **kw) -> Fit:
     """A schedule for ``solver`` fitted to the model's own high-accuracy solves of the latents of ``probe_seeds``.
@@ -389,9 +392,10 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     solutions; by default they are solved here (:func:`~adasched.references.solve_reference`).
 
     Cost: ``budget`` bounds the network evaluations (forward plus backward, counted per latent) of the whole
-    search after the targets: the scoring first, then the Adam starts get :data:`ADAM_SHARE` of what is left
-    (``iterations`` at most each), the polish the rest, with no exact-Hessian rounds unless
-    ``whitened_rounds`` asks for them (without a budget: :data:`WHITENED_ROUNDS`).  ``chunk`` latents go
+    search after the targets: the scoring first (at most :data:`SCORE_SHARE` of it: the first starts in the
+    order above that it pays for), then the Adam starts get :data:`ADAM_SHARE` of what is left
+    (``iterations`` at most each), the polish the rest, its ``whitened_rounds`` included (each pays for its
+    Hessian first; the search stops where the budget does).  ``chunk`` latents go
     through the network at a time, gradients accumulated over chunks, so memory does not grow with the number
     of latents.  The latents are solved on ``device`` in ``dtype`` (the model must be there already).
     """
@@ -416,8 +420,6 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
         # a conditional model: each latent with the class generate() draws for its seed
         parts.append((with_drawn_labels(denoise, part, shape), x, target[lo:lo + size], part))
     objective = Objective(parts, solver, kw, budget)
-    if whitened_rounds is None:
-        whitened_rounds = WHITENED_ROUNDS if budget is None else 0
 
     pool = [init, *map(validate_sigmas, candidates or [])]
     if warm_start is not None:
@@ -425,13 +427,16 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     elif steps > 1:
         pool += candidate_schedules(steps, float(init[-2]), sigma_max)
     scores = []
+    affordable = objective.affordable(steps, False, SCORE_SHARE)
+    if affordable is not None and affordable < len(pool):
+        log.info("fit %s at %d steps: the budget scores %d of %d starts", solver, steps, max(1, affordable), len(pool))
+        pool = pool[:max(1, affordable)]
     try:
         for s in pool:
             scores.append((objective(lambda: s)[0], s))
     except BudgetSpent:
-        if not scores:
-            raise AdaschedError(f"a fit budget of {budget} network evaluations does not pay for one solve of "
-                                f"{len(seeds)} latents at {objective.cost(steps, False) // len(seeds)} NFE") from None
+        raise AdaschedError(f"a fit budget of {budget} network evaluations does not pay for one solve of "
+                            f"{len(seeds)} latents at {objective.cost(steps, False) // len(seeds)} NFE") from None
     scores.sort(key=lambda pair: pair[0])
     ranked = [s for _, s in scores[:max(1, starts)]]
     start_error = scores[0][0]

@@ -142,8 +142,8 @@ def solve_reference(denoise, shape: Sequence[int], seeds: Sequence[int], sigma_m
     solves already made (steps -> tensor), reused; ``on_level(steps, fine)`` is told each new one.
     """
     if start_steps < 1 or max_steps < 4 * start_steps:
-        raise AdaschedError(f"reference steps: need 1 <= start_steps and 4 start_steps <= max_steps (three levels "
-                            f"for one error estimate), got {start_steps} and {max_steps}")
+        raise AdaschedError(f"max_steps {max_steps} leaves fewer than the three levels one error estimate needs: "
+                            f"it must be at least {4 * max(1, start_steps)} (four times start_steps {start_steps})")
     if batch < 1:
         raise AdaschedError(f"batch must be a positive integer, got {batch}")
     tol = REFERENCE_TOL.get(dtype, REFERENCE_TOL[torch.float32]) if tol is None else float(tol)
@@ -195,6 +195,7 @@ def solve_reference(denoise, shape: Sequence[int], seeds: Sequence[int], sigma_m
     else:
         log.warning("reference: %d steps reached with error estimate %.3g (%.3g of the targets' RMS), above the "
                     "tolerance %.3g; it is kept, and recorded", ladder[-1], error, error / rms, tol)
+    report(progress, "reference solve", total, total)  # done, though the doubling may stop before max_steps
     return Reference(target=extrapolated, seeds=seeds, sigma_max=float(sigma_max), sigma_min=stop, steps=steps,
                      error=error, rms=rms, tol=tol, evaluations=evaluations, history=history,
                      meta={"dtype": str(dtype).removeprefix("torch."), "device": str(device)})

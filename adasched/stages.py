@@ -38,7 +38,7 @@ from adasched.data import load_data_sampler
 from adasched.dispatch import inputs_digest, partial_dir
 from adasched.errors import AdaschedError
 from adasched.fid import image_metrics
-from adasched.fitting import solver_aware_schedule
+from adasched.fitting import WHITENED_ROUNDS, solver_aware_schedule
 from adasched.io import atomic_path, check_output, provenance, save_npz, sha256_file, write_json
 from adasched.metrics import MetricsRecord, evaluate_samples
 from adasched.models import content_hash, load_model
@@ -53,7 +53,7 @@ from adasched.train import TrainConfig, learned_schedule, sample_model, save_gri
 from adasched.train import train as train_network
 
 __all__ = ["probe", "fit_reference", "schedule", "sample", "evaluate", "train", "merge_samples", "bind", "STAGES",
-           "METHODS", "PROBED_METHODS", "DTYPES", "FIT_BUDGET", "resolve_device"]
+           "METHODS", "PROBED_METHODS", "DTYPES", "FIT_BUDGET", "ANALYTIC_FIT_BUDGET", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,13 @@ FIT_SEED_START = 1_000_000
 #: The default budget of a solver-aware fit to a network, in network evaluations (forward plus backward, each
 #: latent's counted): on the digits model's fits from the closed-form starts it came within 3.4% (Heun, 11 NFE)
 #: and 1.0% (DPM-Solver++(2M), 10 NFE) of the converged error, in about 30 s of one CPU core (docs/benchmarks.md).
-#: Analytic targets are fitted without a bound (their evaluations are cheap).
+#: A network's fit has no exact-Hessian rounds (:data:`adasched.fitting.WHITENED_ROUNDS`): measured there, they
+#: cost more than they gained (docs/benchmarks.md).
 FIT_BUDGET = 50_000
+#: The default budget of a solver-aware fit to an analytic target, whose evaluations cost microseconds: far more,
+#: enough for the converged fits of most cells of the default workflow (mix2d's took 0.4 to 2.4 million), while
+#: the few that went on to 7 to 25 million (fitting below the reference's own error) stop (docs/workflow.md).
+ANALYTIC_FIT_BUDGET = 2_000_000
 #: Arrays of a samples NPZ with one row per sample (concatenated when batches or seed ranges are joined): those
 #: :func:`adasched.samplers.generate` returns (``labels`` for a class-conditional model), and the seeds.
 _ARRAYS = ("samples", "latents", "labels")
@@ -193,7 +198,8 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
              probes: PathLike | None = None, probes_po: PathLike | None = None, model: str | None = None,
              reference: PathLike | None = None, warm_start: PathLike | None = None, fit_seeds: int = 64,
              fit_iterations: int = 200, fit_budget: int | None = None, fit_batch: int | None = None,
-             device: str = "auto", solver_options: dict | None = None, progress: Progress | None = None) -> Path:
+             device: str = "auto", trust_pickle: bool = False, solver_options: dict | None = None,
+             progress: Progress | None = None) -> Path:
     """A schedule JSON for ``solver`` at ``nfe`` network evaluations (or ``steps`` steps) by ``method``.
 
     Closed forms (:data:`adasched.schedules.CLOSED_FORM`; ``rho`` for ``edm``) span ``[sigma_min, sigma_max]``,
@@ -208,9 +214,10 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
     solved here.  More starts: ``probes_po`` (the predictor-cost schedule) and ``warm_start`` (a solver-aware
     schedule of this model at another NFE, resampled; then the closed-form starts are skipped).  The fit
     spends at most ``fit_budget`` network evaluations, forward plus backward (default :data:`FIT_BUDGET` for a
-    network, no bound for an analytic target), at most ``fit_iterations`` Adam steps per start; the model
-    runs on ``device`` (float32 for a network, float64 for an analytic target), ``fit_batch`` latents at a
-    time (default all).  What it spent is recorded in the schedule (``params.fit_cost``).
+    network, without exact-Hessian rounds; :data:`ANALYTIC_FIT_BUDGET` for an analytic target), at most
+    ``fit_iterations`` Adam steps per start; the model runs on ``device`` (float32 for a network, float64 for an
+    analytic target), ``fit_batch`` latents at a time (default all).  What it spent is recorded in the schedule (``params.fit_cost``).  ``trust_pickle``: load
+    an unpinned model pickle (:func:`probe`'s).
     """
     output = Path(output)
     check_output(output)
@@ -221,7 +228,8 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
         raise AdaschedError("give exactly one of nfe or steps")
     if method in PROBED_METHODS:
         fit = dict(model=model, reference=reference, warm_start=warm_start, fit_seeds=fit_seeds,
-                   fit_iterations=fit_iterations, fit_budget=fit_budget, fit_batch=fit_batch, device=device)
+                   fit_iterations=fit_iterations, fit_budget=fit_budget, fit_batch=fit_batch, device=device,
+                   trust_pickle=trust_pickle)
         made = _probed_schedule(method, solver, nfe=nfe, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,
                                 probes=probes, probes_po=probes_po, opts=opts, progress=progress, **fit)
         made.save(output)
@@ -247,7 +255,8 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
 
 
 def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes, probes_po, model, reference,
-                     warm_start, fit_seeds, fit_iterations, fit_budget, fit_batch, device, opts, progress) -> Schedule:
+                     warm_start, fit_seeds, fit_iterations, fit_budget, fit_batch, device, trust_pickle, opts,
+                     progress) -> Schedule:
     if not probes:
         raise AdaschedError(f"method {method} needs --probes FILE.h5 (made by 'adasched probe')")
     if method == "solver-aware" and not model:
@@ -265,7 +274,7 @@ def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes
         raise AdaschedError(f"fit_seeds, fit_batch and fit_budget must be positive integers, got {fit_seeds}, "
                             f"{fit_batch} and {fit_budget}")
     device = resolve_device(device)
-    net = load_model(model, device=device, trust=False)
+    net = load_model(model, device=device, trust=trust_pickle)
     check_model(probes, net, model)  # the probes must be this model's (by content, not by SPEC)
     dtype = _model_dtype(net)
     seeds = list(range(FIT_SEED_START, FIT_SEED_START + fit_seeds))
@@ -284,10 +293,12 @@ def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes
         if warm.method != "solver-aware" or warm.params.get("model") != model:
             raise AdaschedError(f"--warm-start {warm_start} is a {warm.method} schedule of model "
                                 f"{warm.params.get('model')!r}; it must be a solver-aware schedule of {model!r}")
-    budget = fit_budget if fit_budget is not None or dtype == torch.float64 else FIT_BUDGET
+    network = dtype == torch.float32
+    budget = fit_budget if fit_budget is not None else FIT_BUDGET if network else ANALYTIC_FIT_BUDGET
     fit = solver_aware_schedule(net, net.shape, solver, base.sigmas, seeds, reference=targets, candidates=extra,
                                 warm_start=None if warm is None else warm.sigmas, iterations=fit_iterations,
-                                budget=budget, chunk=fit_batch, device=device, dtype=dtype, progress=progress, **opts)
+                                budget=budget, whitened_rounds=0 if network else WHITENED_ROUNDS, chunk=fit_batch,
+                                device=device, dtype=dtype, progress=progress, **opts)
     params = dict(base.params, model=model, fit_seeds=[seeds[0], seeds[-1] + 1], fit_iterations=fit_iterations,
                   initial_sigmas=[float(v) for v in base.sigmas], fit_error=fit.error, fit_start_error=fit.start_error,
                   fit_cost=fit.cost, reference=None if reference is None else os.fspath(reference),

@@ -16,5 +16,4 @@ rule schedule:
         version=VERSION,
     run:
         run_stage("schedule", log[0], config, in_thread=params.in_thread, method=wildcards.method, nfe=wildcards.nfe,
-                  solver=wildcards.solver, probes=input.get("probes"), reference=input.get("reference"),
-                  warm_start=input.get("warm_start"), output=output[0], **params.options)
+                  solver=wildcards.solver, output=output[0], **SWEEP.schedule_files(input), **params.options)

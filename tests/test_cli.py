@@ -271,7 +271,7 @@ def test_probed_method_bad_inputs(tmp_path, capsys, mixture):
 
 
 @pytest.mark.parametrize("where", ["a folder", "under a file"])
-@pytest.mark.parametrize("command", ["schedule", "sample", "evaluate", "probe", "train"])
+@pytest.mark.parametrize("command", ["schedule", "sample", "evaluate", "probe", "fit-reference", "train"])
 def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, mixture, command, where):
     """An output that cannot be written is refused up front, in one line, with nothing written."""
     good = tmp_path / "good.json"
@@ -283,6 +283,7 @@ def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, mixture
             "sample": ["sample", "--solver", "euler", "--num", "3", "--model", f"gmm:{mixture}", "--schedule", good],
             "evaluate": ["evaluate", "--samples", samples, "--model", f"gmm:{mixture}"],
             "probe": ["probe", "--model", f"gmm:{mixture}", "--grid", "4", "--samples", "8"],
+            "fit-reference": ["fit-reference", "--model", f"gmm:{mixture}", "--fit-seeds", "2"],
             "train": ["train", "--data", "digits", "--steps", "1"]}[command]
     blocker = tmp_path / "blocker"
     if where == "a folder":

@@ -28,6 +28,7 @@ from adasched import dispatch, stages
 from adasched.cli import main as cli
 from adasched.errors import AdaschedError
 from adasched.probe import read_probes
+from adasched.references import read_reference
 from adasched.workflow import run_here
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
@@ -372,6 +373,12 @@ def test_slurm_gives_the_local_results(slurm_cluster, inputs, tmp_path, job_env)
     run_here("probe", tmp_path / "p.log", cfg, **probe_options(inputs, tmp_path / "slurm.h5"))
     assert_same_samples(tmp_path / "local.npz", tmp_path / "slurm.npz")
     assert_same_probes(tmp_path / "local.h5", tmp_path / "slurm.h5")
+    # the fit reference, a GPU stage like the probe: the same solves from a SLURM job
+    ref = dict(model=probe_options(inputs, tmp_path / "unused.h5")["model"], fit_seeds=4, max_steps=128, device="cpu")
+    run_here("fit-reference", tmp_path / "r.log", {}, **ref, output=tmp_path / "local-ref.h5")
+    run_here("fit-reference", tmp_path / "r.log", cfg, **ref, output=tmp_path / "slurm-ref.h5")
+    local_ref, slurm_ref = read_reference(tmp_path / "local-ref.h5"), read_reference(tmp_path / "slurm-ref.h5")
+    assert np.array_equal(local_ref.target.numpy(), slurm_ref.target.numpy()) and local_ref.steps == slurm_ref.steps
     rule_log = (tmp_path / "s.log").read_text()  # the rule's log names the job and its log files
     job = re.search(r"submitted SLURM job (\d+); stdout (\S+), stderr (\S+)", rule_log)
     assert job and Path(job[2]).is_file() and Path(job[3]).is_file() and f"SLURM job {job[1]} finished" in rule_log

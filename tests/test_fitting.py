@@ -270,3 +270,22 @@ def test_solver_aware_fit_in_float32():
                                 iterations=30, chunk=5)
     assert fit.sigmas.dtype == torch.float64 and fit.sigmas[0] == 80.0 and fit.sigmas[-1] == 0
     assert _error("heun", fit.sigmas, x, exact) < 0.5 * _error("heun", init, x, exact)
+
+
+def test_gpu_fit_benchmark_runs_tiny_on_the_cpu(tmp_path):
+    """benchmarks/gpu_fit.py, ready for a GPU, runs end to end on a shrunk DDPM++ here: both cells fitted
+    within the budget, in chunks, with the reference recorded."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_fit.py"
+    spec = importlib.util.spec_from_file_location("gpu_fit", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    assert [(r["solver"], r["nfe"]) for r in out["rows"]] == [("dpmpp-2m", 4), ("heun", 5)]
+    assert out["shape"] == [3, 8, 8] and out["chunk"] == 2 and out["parameters"] > 0
+    for r in out["rows"]:
+        assert 0 < r["forward"] + r["backward"] <= out["budget"] and r["backward"] > 0
+        assert r["fit_error"] <= r["start_error"] and r["peak_gb"] is None
+    assert out["reference"]["steps"] == 16 and out["reference"]["evaluations"] == 4 * (7 + 15 + 31)

@@ -194,6 +194,8 @@ def _argv(command: str, inputs: dict, out: Path) -> list:
         "evaluate": ["evaluate", "--samples", inputs.get("samples", "x.npz"), "--model", model, "--batch", "2",
                      "-o", out],
         "train": ["train", "--steps", "1", "--batch", "2", "-o", out],
+        "fit-reference": ["fit-reference", "--model", model, "--fit-seeds", "2", "--max-steps", "128", "--batch", "2",
+                          "-o", out],
     }[command]
 
 
@@ -211,7 +213,9 @@ def _replace(argv: list, flag: str, value) -> list:
 
 
 #: Every flag that takes a count, by subcommand: a count must be a positive integer.
-COUNT_FLAGS = [("schedule", f) for f in ("--nfe", "--steps", "--fit-seeds", "--fit-iterations")] + \
+COUNT_FLAGS = [("schedule", f) for f in ("--nfe", "--steps", "--fit-seeds", "--fit-iterations", "--fit-budget",
+                                         "--fit-batch")] + \
+              [("fit-reference", f) for f in ("--fit-seeds", "--max-steps", "--batch")] + \
               [("sample", f) for f in ("--num", "--batch")] + \
               [("probe", f) for f in ("--grid", "--samples", "--total-samples", "--batch", "--hutchinson")] + \
               [("evaluate", f) for f in ("--num-images", "--seed-ranges", "--batch")] + \

@@ -106,6 +106,8 @@ def commands(d):
         "schedule": ("reference solve", ["schedule", "--method", "solver-aware", "--probes", d / "p.h5",
                                          "--model", mix, "--solver", "euler", "--nfe", "4", "--fit-seeds", "2",
                                          "--fit-iterations", "3", "-o", "OUT.json"]),
+        "fit-reference": ("reference solve", ["fit-reference", "--model", mix, "--fit-seeds", "2", "--max-steps", "256",
+                                              "-o", "OUT.h5"]),
         "evaluate": ("digits_fd run 1/1", ["evaluate", "--samples", d / "digits.npz", "--digits-fd", "--classifier",
                                            d / "clf.safetensors", "--batch", "10", "--device", "cpu",
                                            "-o", "OUT.json"]),
@@ -146,7 +148,7 @@ def run_in_terminal(argv, cwd) -> tuple[int, str]:
     return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.parametrize("command", ["probe", "sample", "schedule", "evaluate", "train"])
+@pytest.mark.parametrize("command", ["probe", "fit-reference", "sample", "schedule", "evaluate", "train"])
 def test_long_commands_show_an_advancing_bar_on_a_terminal_and_lines_in_a_file(files, tmp_path, command):
     task, args = commands(files)[command]
     suffix = args[-1].split(".", 1)[1]

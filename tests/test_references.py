@@ -106,7 +106,7 @@ def test_solve_reference_warns_and_records_when_max_steps_stop_it(caplog):
     ref = solve_reference(PL, PL.shape, SEEDS, 80.0, tol=1e-14, start_steps=4, max_steps=32)
     assert ref.steps == 32 and not ref.converged and ref.error > 1e-14 * ref.rms
     assert "above the tolerance" in caplog.text
-    with pytest.raises(AdaschedError, match="three levels"):
+    with pytest.raises(AdaschedError, match="max_steps 32 leaves fewer than the three levels .* at least 64"):
         solve_reference(PL, PL.shape, SEEDS, 80.0, start_steps=16, max_steps=32)
 
 

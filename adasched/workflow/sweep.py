@@ -391,6 +391,11 @@ class Sweep:
                 out["warm_start"] = self.path("schedules", model, method, solver, max(lower))
         return out
 
+    @staticmethod
+    def schedule_files(inputs) -> dict[str, str | None]:
+        """The schedule stage's file options from a rule's named inputs (:meth:`schedule_inputs`; None if absent)."""
+        return {k: inputs.get(k) for k in ("probes", "reference", "warm_start")}
+
     def solver_options(self, solver: str) -> dict:
         """The config's ``solver_options`` of ``solver`` (its keyword options: ``max_order``, ``S_churn``, ...)."""
         return dict(self.config.get("solver_options", {}).get(solver) or {})
@@ -408,6 +413,8 @@ class Sweep:
             fit = s["solver_aware"]
             opts.update(model=self.spec(model), device=fit["device"],
                         **{k: fit[k] for k in ("fit_seeds", "fit_iterations", "fit_budget", "fit_batch") if k in fit})
+            if self.kind(model) == "edm" and self.trust_pickle(model):
+                opts["trust_pickle"] = True
         return opts
 
     # ------------------------------------------------------------------------------------------- sample
