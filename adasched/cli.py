@@ -15,6 +15,7 @@ import sys
 
 from adasched import progress, stages
 from adasched.errors import exit_status
+from adasched.references import REFERENCE_TOL
 from adasched.samplers import SOLVERS
 from adasched.stages import METHODS, PROBED_METHODS  # noqa: F401  (PROBED_METHODS: re-exported)
 from adasched.train import TrainConfig
@@ -168,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-max", type=_float, default=d["sigma_max"],
                    help=f"where the solves start, the schedules' highest sigma (default {d['sigma_max']:g})")
     p.add_argument("--sigma-min", type=_float, help="where they stop before the jump to 0 (default the model's own)")
+    tol = {str(k).removeprefix("torch."): v for k, v in REFERENCE_TOL.items()}
     p.add_argument("--tol", type=_float, help="Richardson error estimate to reach, a share of the solutions' RMS "
-                                              "(default 1e-4 for a network, 1e-7 for an analytic model)")
+                                              f"(default {tol['float32']:g} for a network, solved in float32; "
+                                              f"{tol['float64']:g} for an analytic model, in float64)")
     p.add_argument("--max-steps", type=_positive_int, default=d["max_steps"],
                    help=f"most Heun steps of the finest solve (default {d['max_steps']})")
     p.add_argument("--batch", type=_positive_int, default=d["batch"],

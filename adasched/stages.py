@@ -287,12 +287,7 @@ def _probed_schedule(method, solver, *, nfe, steps, sigma_min, sigma_max, probes
     if reference:
         targets = read_reference(reference)
         check_reference(targets, net, model, seeds=seeds, sigma_max=float(base.sigmas[0]), shape=net.shape)
-    warm = None
-    if warm_start:
-        warm = Schedule.load(warm_start)
-        if warm.method != "solver-aware" or warm.params.get("model") != model:
-            raise AdaschedError(f"--warm-start {warm_start} is a {warm.method} schedule of model "
-                                f"{warm.params.get('model')!r}; it must be a solver-aware schedule of {model!r}")
+    warm = Schedule.load(warm_start) if warm_start else None  # any schedule: it is one more start, scored first
     network = dtype == torch.float32
     budget = fit_budget if fit_budget is not None else FIT_BUDGET if network else ANALYTIC_FIT_BUDGET
     fit = solver_aware_schedule(net, net.shape, solver, base.sigmas, seeds, reference=targets, candidates=extra,

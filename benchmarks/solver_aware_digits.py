@@ -8,7 +8,9 @@ reference solves, ``results/summary.csv``) and measures two things on the CPU:
   of digits_fd between seed ranges is the noise any difference between schedules must beat;
 * ``--budget-cells``: the solver-aware fit again with the default budget (:data:`adasched.stages.FIT_BUDGET`)
   and with ``--factor`` times it, from the same starts as the run (its warm start included): the error on the
-  fit latents, network evaluations and CPU seconds of each.
+  fit latents, network evaluations and CPU seconds of each;
+* ``--hessian-cells``: from the run's fitted schedule, the L-BFGS polish again without and with exact-Hessian
+  (whitened) rounds, to see what those rounds buy on a network and at what cost.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/solver_aware_digits.py --results results
 
@@ -52,6 +54,16 @@ def digits_fd_spread(results: Path, cells: list[tuple[str, int]], ranges: int, w
     print(f"\ndigits_fd over seed ranges of 256 samples: the run's range (seeds 0..255), then {ranges} more "
           f"(seeds 256..{256 * (ranges + 1) - 1}); mean [min, max] over all {ranges + 1}; the last column: mean ± "
           "standard error of the difference\n")
+    reference = cell_path(str(results), "schedules", "digits", "edm", "heun", 255)
+    samples = work / "reference.npz"
+    stages.sample(model=model, schedule=reference, solver="heun", num=256 * (ranges + 1), output=samples,
+                  dtype="float64", device="cpu")
+    stages.evaluate(samples=[samples], output=work / "reference.json", digits_fd=True, classifier=classifier,
+                    num_images=256, seed_ranges=ranges + 1, device="cpu")
+    values = json.loads((work / "reference.json").read_text())["image_metrics"]["digits_fd"]["values"]
+    print(f"The reference samples themselves (EDM's schedule, Heun, 255 NFE: close to the model's exact ODE "
+          f"solution), the same {ranges + 1} ranges: {statistics.mean(values):.2f} [{min(values):.2f}, "
+          f"{max(values):.2f}]\n")
     print("| solver | NFE | " + " | ".join(METHODS) + " | solver-aware minus the best other, paired by range |\n"
           "|---|---|" + "---|" * (len(METHODS) + 1))
     for solver, nfe in cells:
@@ -98,6 +110,31 @@ def budget(results: Path, cells: list[tuple[str, int]], factor: int, work: Path)
         print(f"| {solver} | {nfe} | " + " | ".join(cols) + f" | {errors[0] / errors[1]:.3f} |", flush=True)
 
 
+def hessian_rounds(results: Path, cells: list[tuple[str, int]]) -> None:
+    """From each cell's fitted schedule: the L-BFGS polish again without and with exact-Hessian (whitened) rounds,
+    unbounded: what the rounds add to the error's fall and to the cost."""
+    from adasched.fitting import Objective, refine
+    from adasched.models import load_model
+    from adasched.references import read_reference
+    from adasched.samplers import latents, with_drawn_labels
+
+    print("\nExact-Hessian (whitened) rounds on the network: from the run's solver-aware schedule, L-BFGS runs "
+          "without and with up to 20 rounds (no budget): mse on the fit latents and network evaluations\n")
+    print("| solver | NFE | run's fit: mse | L-BFGS: mse | evaluations | + whitened rounds: mse | evaluations |\n"
+          "|---|---|---|---|---|---|---|")
+    for solver, nfe in cells:
+        ran = Schedule.load(cell_path(str(results), "schedules", "digits", "solver-aware", solver, nfe))
+        net = load_model(ran.params["model"], device="cpu")
+        ref = read_reference(results / "digits/fit-reference.h5")
+        x = latents(ref.seeds, net.shape) * ref.sigma_max
+        cols = [f"{ran.params['fit_error']:.4g}"]
+        for rounds in (0, 20):
+            objective = Objective([(with_drawn_labels(net, ref.seeds, net.shape), x, ref.target, ref.seeds)], solver)
+            _, error = refine(objective, ran.sigmas, iterations=200, optimizer="lbfgs", whitened_rounds=rounds)
+            cols += [f"{error:.4g}", str(objective.spent)]
+        print(f"| {solver} | {nfe} | " + " | ".join(cols) + " |", flush=True)
+
+
 def _cells(texts: list[str]) -> list[tuple[str, int]]:
     return [(t.split(":")[0], int(t.split(":")[1])) for t in texts]
 
@@ -109,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ranges", type=int, default=3, help="further seed ranges of 256 samples per schedule")
     ap.add_argument("--budget-cells", nargs="*", default=["dpmpp-2m:10", "dpmpp-2m:20", "heun:11", "heun:21"])
     ap.add_argument("--factor", type=int, default=10, help="the larger budget, as a multiple of the default")
+    ap.add_argument("--hessian-cells", nargs="*", default=["dpmpp-2m:10", "heun:11"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = Path(args.results)
@@ -119,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             digits_fd_spread(results, _cells(args.cells), args.ranges, Path(tmp))
         if args.budget_cells:
             budget(results, _cells(args.budget_cells), args.factor, Path(tmp))
+    if args.hessian_cells:
+        hessian_rounds(results, _cells(args.hessian_cells))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def test_interrupted_fit_reference_resumes_at_its_next_level(tmp_path):
     from adasched.references import read_reference
 
     model = f"gmm:{_wide_mixture(tmp_path / 'mix.json')}"
-    whole = stages.fit_reference(model=model, output=tmp_path / "whole.h5", fit_seeds=6, device="cpu")
+    whole = stages.fit_reference(model=model, output=tmp_path / "whole.h5", fit_seeds=6, tol=1e-5, device="cpu")
     steps = read_reference(whole).steps
     assert steps >= 128
     out = tmp_path / "ref.h5"
@@ -196,13 +196,13 @@ def test_interrupted_fit_reference_resumes_at_its_next_level(tmp_path):
             raise _Stop
 
     with pytest.raises(_Stop):
-        stages.fit_reference(model=model, output=out, fit_seeds=6, device="cpu", max_steps=steps,
+        stages.fit_reference(model=model, output=out, fit_seeds=6, tol=1e-5, device="cpu", max_steps=steps,
                              progress=stop_in_the_last_level)
     assert not out.exists()
     kept = sorted(int(p.stem.split("-")[1]) for p in partial_dir(out).glob("level-*.npy"))
     assert kept == [32 * 2**k for k in range(len(kept))] and kept[-1] == steps // 2
     seen = []
-    stages.fit_reference(model=model, output=out, fit_seeds=6, device="cpu", max_steps=steps,
+    stages.fit_reference(model=model, output=out, fit_seeds=6, tol=1e-5, device="cpu", max_steps=steps,
                          progress=lambda task, done, total: seen.append(done))
     assert min(seen) > total_before(steps) and not partial_dir(out).exists()
     a, b = read_reference(whole), read_reference(out)
