@@ -195,7 +195,8 @@ def solve_reference(denoise, shape: Sequence[int], seeds: Sequence[int], sigma_m
     else:
         log.warning("reference: %d steps reached with error estimate %.3g (%.3g of the targets' RMS), above the "
                     "tolerance %.3g; it is kept, and recorded", ladder[-1], error, error / rms, tol)
-    report(progress, "reference solve", total, total)  # done, though the doubling may stop before max_steps
+    if done_steps < total:  # the doubling stopped before max_steps: the solve is done all the same
+        report(progress, "reference solve", total, total)
     return Reference(target=extrapolated, seeds=seeds, sigma_max=float(sigma_max), sigma_min=stop, steps=steps,
                      error=error, rms=rms, tol=tol, evaluations=evaluations, history=history,
                      meta={"dtype": str(dtype).removeprefix("torch."), "device": str(device)})
