@@ -20,7 +20,7 @@ system-deps:
 test: setup system-deps
 	$(BIN)/python -m pytest
 
-# The workflow on the embedded offline default (config.yaml): about 11 minutes on 2 CPU cores.
+# The workflow on the embedded offline default (config.yaml): about 8 minutes on 2 CPU cores (docs/workflow.md).
 run: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m snakemake --cores 2
 

@@ -307,6 +307,10 @@ class Sweep:
     def trust_pickle(self, model: str) -> bool:
         return bool(self.models[model].get("trust_pickle", False))
 
+    def _trust(self, model: str) -> dict:
+        """``{"trust_pickle": True}`` for the stages that load ``model`` if the config trusts its pickle, else ``{}``."""
+        return {"trust_pickle": True} if self.kind(model) == "edm" and self.trust_pickle(model) else {}
+
     def spec(self, model: str) -> str:
         """The model SPEC every ``adasched`` command of ``model`` is given."""
         kind = self.kind(model)
@@ -343,8 +347,7 @@ class Sweep:
                 "total_samples": own.pop("samples"), "batch": own.pop("batch", p["batch"]), **own,
                 **{k: p[k] for k in ("spacing", "seed", "sigma_min", "sigma_max", "weighting", "device")},
                 "resume": True}
-        if self.kind(model) == "edm" and self.trust_pickle(model):
-            opts["trust_pickle"] = True
+        opts.update(self._trust(model))
         return opts
 
     def probe_costs(self, model: str) -> list[str]:
@@ -372,8 +375,7 @@ class Sweep:
         fit = s["solver_aware"]
         opts = {"model": self.spec(model), "fit_seeds": fit["fit_seeds"], "sigma_max": s["sigma_max"],
                 "device": fit["device"], **fit["reference"]}
-        if self.kind(model) == "edm" and self.trust_pickle(model):
-            opts["trust_pickle"] = True
+        opts.update(self._trust(model))
         return opts
 
     def schedule_inputs(self, model: str, method: str, solver: str, nfe: int | str) -> dict[str, str]:
@@ -413,8 +415,7 @@ class Sweep:
             fit = s["solver_aware"]
             opts.update(model=self.spec(model), device=fit["device"],
                         **{k: fit[k] for k in ("fit_seeds", "fit_iterations", "fit_budget", "fit_batch") if k in fit})
-            if self.kind(model) == "edm" and self.trust_pickle(model):
-                opts["trust_pickle"] = True
+            opts.update(self._trust(model))
         return opts
 
     # ------------------------------------------------------------------------------------------- sample
@@ -425,8 +426,7 @@ class Sweep:
         opts = {"model": self.spec(model), "num": s["num"], "seed_start": s["seed_start"], "dtype": s["dtype"],
                 "device": s["device"], "solver_options": self.solver_options(solver)}
         opts.update({k: s[k] for k in ("batch", "class_label") if k in s})  # else the stage's defaults
-        if self.kind(model) == "edm" and self.trust_pickle(model):
-            opts["trust_pickle"] = True
+        opts.update(self._trust(model))
         return opts
 
     def keep_samples(self) -> bool:
