@@ -66,10 +66,10 @@ DTYPES = ("float64", "float32")
 #: First seed of the latents a solver-aware schedule is fitted on, far from the seeds samples are drawn with.
 FIT_SEED_START = 1_000_000
 #: The default budget of a solver-aware fit to a network, in network evaluations (forward plus backward, each
-#: latent's counted): on the digits model's fits from the closed-form starts it came within 3.4% (Heun, 11 NFE)
-#: and 1.0% (DPM-Solver++(2M), 10 NFE) of the converged error, in about 30 s of one CPU core (docs/benchmarks.md).
-#: A network's fit has no exact-Hessian rounds (:data:`adasched.fitting.WHITENED_ROUNDS`): measured there, they
-#: cost more than they gained (docs/benchmarks.md).
+#: latent's counted): on the default's digits model, warm-started as the workflow does, its fits' mean squared
+#: error was within 0.7% of the converged fits' (ten times the budget) in three of four cells and 7% above it in
+#: one, for about 17 s of one CPU core per cell (docs/benchmarks.md).  A network's fit has no exact-Hessian rounds
+#: (:data:`adasched.fitting.WHITENED_ROUNDS`): there they gained nothing for a third of the budget.
 FIT_BUDGET = 50_000
 #: The default budget of a solver-aware fit to an analytic target, whose evaluations cost microseconds: far more,
 #: enough for the converged fits of most cells of the default workflow (mix2d's took 0.4 to 2.4 million), while
