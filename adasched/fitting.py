@@ -384,9 +384,9 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     starts in.  So: every starting point -- ``init_sigmas`` (the score-optimal schedule), any further
     ``candidates`` (e.g. the predictor-optimised schedule), and either ``warm_start`` (a schedule fitted at
     another NFE, resampled to this one: :func:`adasched.schedules.resample`) or, without one,
-    :func:`candidate_schedules` -- is scored by one solve; the ``starts`` best (with a warm start, the best
-    one) are each refined by Adam (:func:`refine`), and the refined schedule with the lowest error is polished
-    by L-BFGS (skipped with ``polish=False``).  Use probe seeds disjoint from the evaluation seeds.
+    :func:`candidate_schedules` -- is scored by one solve; the ``starts`` best are each refined by Adam
+    (:func:`refine`), and the refined schedule with the lowest error is polished by L-BFGS (skipped with
+    ``polish=False``).  Use probe seeds disjoint from the evaluation seeds.
 
     ``reference``: the targets, a :class:`~adasched.references.Reference` for these seeds or a tensor of
     solutions; by default they are solved here (:func:`~adasched.references.solve_reference`).
@@ -438,10 +438,7 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
         raise AdaschedError(f"a fit budget of {budget} network evaluations does not pay for one solve of "
                             f"{len(seeds)} latents at {objective.cost(steps, False) // len(seeds)} NFE") from None
     scores.sort(key=lambda pair: pair[0])
-    # A warm start stands for the multi-start search already done at another NFE: only the best start is refined
-    # (on the digits model its fit came 2.8% from the converged one at DPM-Solver++(2M) 20 NFE where three
-    # starts sharing the same budget came 7%, docs/benchmarks.md).
-    ranked = [s for _, s in scores[:1 if warm_start is not None else max(1, starts)]]
+    ranked = [s for _, s in scores[:max(1, starts)]]
     start_error = scores[0][0]
     share = ADAM_SHARE if polish else 1.0
     fits = []

@@ -212,8 +212,7 @@ def schedule(*, method: str, solver: str, output: PathLike, nfe: int | None = No
     latents from seed :data:`FIT_SEED_START` on (:func:`adasched.fitting.solver_aware_schedule`): those of the
     file ``reference`` (made by :func:`fit_reference` for this model, seeds and ``sigma_max``) or, without one,
     solved here.  More starts: ``probes_po`` (the predictor-cost schedule) and ``warm_start`` (a solver-aware
-    schedule at another NFE, resampled, scored first; then the closed-form starts are skipped and only the best
-    start is refined).  The fit
+    schedule at another NFE, resampled, scored first; then the closed-form starts are skipped).  The fit
     spends at most ``fit_budget`` network evaluations, forward plus backward (default :data:`FIT_BUDGET` for a
     network, without exact-Hessian rounds; :data:`ANALYTIC_FIT_BUDGET` for an analytic target), at most
     ``fit_iterations`` Adam steps per start; the model runs on ``device`` (float32 for a network, float64 for an
