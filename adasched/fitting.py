@@ -31,12 +31,12 @@ import torch
 from adasched.denoisers import CountingDenoiser
 from adasched.errors import AdaschedError, ScheduleError
 from adasched.progress import Progress, report
-from adasched.references import Reference, solve_reference
-from adasched.samplers import PerSampleGenerator, get_solver, latents, with_drawn_labels
+from adasched.references import Reference, solve_reference, start_chunks
+from adasched.samplers import PerSampleGenerator, get_solver, latents
 from adasched.schedules import resample, sigmas_edm, sigmas_kl_optimal, sigmas_loglinear, validate_sigmas
 
-__all__ = ["ADAM_SHARE", "SCORE_SHARE", "OPTIMIZERS", "BudgetSpent", "Fit", "Objective", "candidate_schedules", "fit_schedule",
-           "hessian", "oracle_schedule", "refine", "solver_aware_schedule"]
+__all__ = ["ADAM_SHARE", "SCORE_SHARE", "OPTIMIZERS", "BudgetSpent", "Fit", "Objective", "candidate_schedules",
+           "fit_schedule", "hessian", "oracle_schedule", "refine", "solver_aware_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,15 @@ class Objective:
         out = self.spec.fn(denoise, x, sigmas, generator=gen, **self.options)
         return (out - target).pow(2).sum() / self.size
 
-    def __call__(self, make_sigmas: Callable[[], torch.Tensor], gradient: bool = False) -> tuple[float, torch.Tensor]:
+    def __call__(self, make_sigmas: Callable[[], torch.Tensor], gradient: bool = False,
+                 pay: bool = True) -> tuple[float, torch.Tensor]:
         """The error of the schedule ``make_sigmas()`` and that schedule (detached); with ``gradient``, the
         error's gradient is accumulated into the leaves ``make_sigmas`` builds it from (called once per part,
-        so each part's graph is freed before the next is built)."""
+        so each part's graph is freed before the next is built).  ``pay=False``: counted, but not refused when
+        beyond the budget."""
         sigmas = make_sigmas()
-        self._pay(self.cost(sigmas.numel() - 1, gradient))
+        if pay:
+            self._pay(self.cost(sigmas.numel() - 1, gradient))
         total = 0.0
         for part in self.parts:
             if gradient:
@@ -260,7 +263,7 @@ def refine(objective: Objective, init_sigmas, *, iterations: int = 300, lr: floa
     except BudgetSpent:
         log.info("fit %s (%s): budget of %s network evaluations spent", solver, optimizer, objective.budget)
     if not math.isfinite(best_loss):  # the budget ran out before the first evaluation
-        best_loss = _error(objective, s0)
+        best_loss = objective(lambda: s0, pay=False)[0]
     return validate_sigmas(best), best_loss
 
 
@@ -412,14 +415,10 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
     target = reference.to(device=device, dtype=dtype)
     if target.shape != (len(seeds), *shape):
         raise AdaschedError(f"targets of shape {tuple(target.shape)} for {len(seeds)} latents of shape {tuple(shape)}")
-    size = chunk or max(1, len(seeds))
-    parts = []
-    for lo in range(0, len(seeds), size):
-        part = seeds[lo:lo + size]
-        x = latents(part, shape).to(device=device, dtype=dtype) * sigma_max
-        # a conditional model: each latent with the class generate() draws for its seed
-        parts.append((with_drawn_labels(denoise, part, shape), x, target[lo:lo + size], part))
-    objective = Objective(parts, solver, kw, budget)
+    chunks = start_chunks(denoise, shape, seeds, sigma_max, batch=chunk or max(1, len(seeds)), device=device,
+                          dtype=dtype)
+    targets = target.split([len(part) for *_, part in chunks])
+    objective = Objective([(model, x, t, part) for (model, x, part), t in zip(chunks, targets)], solver, kw, budget)
 
     pool = [init, *map(validate_sigmas, candidates or [])]
     if warm_start is not None:
@@ -467,12 +466,3 @@ def solver_aware_schedule(denoise, shape: Sequence[int], solver: str, init_sigma
 def _fit_options(kw: dict) -> dict:
     """The options of :func:`refine` among a caller's keywords (the others are the solver's)."""
     return {k: v for k, v in kw.items() if k in ("lr", "sigma_floor")}
-
-
-def _error(objective: Objective, sigmas: torch.Tensor) -> float:
-    """The error of ``sigmas``, beyond the budget (a start the budget left no evaluation for)."""
-    budget, objective.budget = objective.budget, None
-    try:
-        return objective(lambda: sigmas)[0]
-    finally:
-        objective.budget = budget

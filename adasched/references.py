@@ -42,7 +42,7 @@ from adasched.samplers import get_solver, latents, with_drawn_labels
 from adasched.schedules import sigmas_edm
 
 __all__ = ["REFERENCE_FLOOR", "REFERENCE_TOL", "FORMAT", "FORMAT_VERSION", "Reference", "reference_solution",
-           "solve_reference", "write_reference", "read_reference", "check_reference"]
+           "solve_reference", "start_chunks", "write_reference", "read_reference", "check_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,17 @@ class Reference:
         return self.error <= self.tol * self.rms
 
 
+def start_chunks(denoise, shape: Sequence[int], seeds: Sequence[int], sigma_max: float, *, batch: int,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> list[tuple]:
+    """The fit latents of ``seeds`` as start points ``latents * sigma_max`` on ``device`` in ``dtype``, ``batch``
+    at a time: ``(denoiser, x, seeds)`` per chunk, a class-conditional model bound to the classes
+    :func:`adasched.samplers.generate` draws for the chunk's seeds (the solves and the fits of a reference)."""
+    seeds = [int(s) for s in seeds]
+    return [(with_drawn_labels(denoise, chunk, shape),
+             latents(chunk, shape).to(device=device, dtype=dtype) * sigma_max, chunk)
+            for chunk in (seeds[lo:lo + batch] for lo in range(0, len(seeds), batch))]
+
+
 def _rms(t: torch.Tensor) -> float:
     return float(t.double().pow(2).mean().sqrt())
 
@@ -160,18 +171,16 @@ def solve_reference(denoise, shape: Sequence[int], seeds: Sequence[int], sigma_m
     history: list[tuple[int, float]] = []
     done_steps, previous, error, rms = 0, None, math.inf, math.nan
     evaluations = 0
+    chunks = start_chunks(denoise, shape, seeds, sigma_max, batch=batch, device=device, dtype=dtype)
     for steps in ladder:
         if steps in known:
             fine[steps] = known[steps].to("cpu", dtype)
         else:
             parts = []
-            for lo in range(0, len(seeds), batch):
-                chunk = seeds[lo:lo + batch]
-                x = latents(chunk, shape).to(device=device, dtype=dtype) * sigma_max
-                model = with_drawn_labels(denoise, chunk, shape)
+            for k, (model, x, _) in enumerate(chunks):
                 with torch.no_grad():
                     # the first chunk reports the level's steps; the others repeat them
-                    parts.append(_heun(model, x, steps, stop, sigma_max, progress if lo == 0 else None,
+                    parts.append(_heun(model, x, steps, stop, sigma_max, progress if k == 0 else None,
                                        done_steps, total).to("cpu"))
             fine[steps] = torch.cat(parts)
             if on_level is not None:

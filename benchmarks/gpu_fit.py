@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.requires_grad_(False)
     shape = net.shape
     seeds = list(range(FIT_SEED_START, FIT_SEED_START + n))
-    header = {"date": datetime.date.today().isoformat(), "machine": platform.machine(), "python": sys.version.split()[0],
+    header = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
+              "python": sys.version.split()[0],
               "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
               "parameters": parameters, "shape": list(shape), "fit_seeds": n, "chunk": chunk,
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"parameters{' (tiny)' if args.tiny else ''}, {n} fit latents in chunks of {chunk}, budget {budget}")
     print(f"reference: {reference['seconds']:.1f} s, {ref.steps} Heun steps, {reference['evaluations']} network "
           f"evaluations, peak {gb(reference['peak_gb'])} GB")
-    print("| solver | NFE | fit s | forward | backward | peak GB | fit mse / start mse |\n|---|---|---|---|---|---|---|")
+    print("| solver | NFE | fit s | forward | backward | peak GB | fit mse / start mse |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['solver']} | {r['nfe']} | {r['fit_seconds']:.1f} | {r['forward']} | {r['backward']} | "
               f"{gb(r['peak_gb'])} | {r['fit_error'] / r['start_error']:.3g} |")

@@ -91,7 +91,8 @@ def budget(results: Path, cells: list[tuple[str, int]], factor: int, work: Path)
     print(f"\nThe solver-aware fit with the default budget ({stages.FIT_BUDGET} network evaluations) and {factor}x it, "
           "from the run's starts: mean squared error on the 64 fit latents, network evaluations (forward + "
           "backward), CPU seconds\n")
-    print(f"| solver | NFE | default: mse | evaluations | s | {factor}x: mse | evaluations | s | default / {factor}x |\n"
+    print(f"| solver | NFE | default: mse | evaluations | s | {factor}x: mse | evaluations | s | "
+          f"default / {factor}x |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for solver, nfe in cells:
         ran = Schedule.load(cell_path(str(results), "schedules", "digits", "solver-aware", solver, nfe))
@@ -115,8 +116,7 @@ def hessian_rounds(results: Path, cells: list[tuple[str, int]]) -> None:
     unbounded: what the rounds add to the error's fall and to the cost."""
     from adasched.fitting import Objective, refine
     from adasched.models import load_model
-    from adasched.references import read_reference
-    from adasched.samplers import latents, with_drawn_labels
+    from adasched.references import read_reference, start_chunks
 
     print("\nExact-Hessian (whitened) rounds on the network: from the run's solver-aware schedule, L-BFGS runs "
           "without and with up to 20 rounds (no budget): mse on the fit latents and network evaluations\n")
@@ -126,10 +126,11 @@ def hessian_rounds(results: Path, cells: list[tuple[str, int]]) -> None:
         ran = Schedule.load(cell_path(str(results), "schedules", "digits", "solver-aware", solver, nfe))
         net = load_model(ran.params["model"], device="cpu")
         ref = read_reference(results / "digits/fit-reference.h5")
-        x = latents(ref.seeds, net.shape) * ref.sigma_max
+        (model, x, seeds), = start_chunks(net, net.shape, ref.seeds, ref.sigma_max, batch=len(ref.seeds),
+                                          dtype=torch.float32)
         cols = [f"{ran.params['fit_error']:.4g}"]
         for rounds in (0, 20):
-            objective = Objective([(with_drawn_labels(net, ref.seeds, net.shape), x, ref.target, ref.seeds)], solver)
+            objective = Objective([(model, x, ref.target, seeds)], solver)
             _, error = refine(objective, ran.sigmas, iterations=200, optimizer="lbfgs", whitened_rounds=rounds)
             cols += [f"{error:.4g}", str(objective.spent)]
         print(f"| {solver} | {nfe} | " + " | ".join(cols) + " |", flush=True)

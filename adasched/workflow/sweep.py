@@ -308,7 +308,8 @@ class Sweep:
         return bool(self.models[model].get("trust_pickle", False))
 
     def _trust(self, model: str) -> dict:
-        """``{"trust_pickle": True}`` for the stages that load ``model`` if the config trusts its pickle, else ``{}``."""
+        """``{"trust_pickle": True}`` for the stages that load ``model`` if the config trusts its pickle, else
+        ``{}``."""
         return {"trust_pickle": True} if self.kind(model) == "edm" and self.trust_pickle(model) else {}
 
     def spec(self, model: str) -> str:
